@@ -1,0 +1,117 @@
+"""The run's configuration: frozen, validated at the edge, with fix-it messages."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search.errors import ConfigError
+
+_UNIT_TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+_LATENCY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|us|µs|s)\s*$")
+DEVICES = ("cpu", "cuda")
+
+
+def parse_latency_ms(text: str) -> float:
+    """Parse a latency such as ``10ms``, ``2.5 ms``, ``800us`` or ``0.01s`` into milliseconds.
+
+    A bare number is refused: a budget without a unit is a guess waiting to go wrong.
+    """
+    match = _LATENCY_PATTERN.match(text)
+    if match is None:
+        raise ConfigError(
+            f"--latency-budget {text!r} is not a latency: give a positive number with a unit, "
+            "e.g. 10ms, 2.5 ms, 800us or 0.01s"
+        )
+    value = float(match.group(1)) * _UNIT_TO_MS[match.group(2)]
+    if value <= 0:
+        raise ConfigError(f"--latency-budget {text!r} must be greater than zero, e.g. 10ms")
+    return value
+
+
+def format_ms(value_ms: float) -> str:
+    """A compact, unit-carrying spelling used in study names and messages."""
+    return f"{value_ms:g}ms"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything one ``search run`` needs; built by the CLI, read by the runner.
+
+    Attributes:
+        task: ``digits`` or ``pkg.module:factory`` or ``path/to/file.py:factory``.
+        latency_budget_ms: the p50 latency a candidate must not exceed.
+        device: where latency is measured: ``cpu`` (ONNX Runtime) or ``cuda``.
+        trials: new trials to run in this invocation (None: until ``timeout_s``).
+        timeout_s: wall-clock limit of this invocation (None: until ``trials``).
+        seed: seeds the sampler, data split and fine-tuning.
+        study_name: Optuna study name; None derives one from task, budget and device.
+        storage: Optuna storage URL; None means SQLite under ``studies/``.
+        tracking_uri: MLflow tracking URI; None means SQLite under ``mlruns/``.
+        threads: intra-op threads for latency measurement (recorded with every number).
+        batch_size: batch size for latency measurement.
+        finetune_epochs: recovery fine-tuning epochs after a model-changing technique.
+        home: folder that holds ``studies/`` and ``mlruns/`` by default.
+    """
+
+    task: str = "digits"
+    latency_budget_ms: float = 10.0
+    device: str = "cpu"
+    trials: int | None = 8
+    timeout_s: float | None = None
+    seed: int = 0
+    study_name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    threads: int = 1
+    batch_size: int = 1
+    finetune_epochs: int = 5
+    home: Path = field(default_factory=Path.cwd)
+
+    def __post_init__(self) -> None:
+        if self.latency_budget_ms <= 0:
+            raise ConfigError("--latency-budget must be greater than zero, e.g. 10ms")
+        if self.device not in DEVICES:
+            raise ConfigError(
+                f"--device {self.device!r} is unknown: use one of {', '.join(DEVICES)}"
+            )
+        if self.trials is not None and self.trials < 1:
+            raise ConfigError(f"--trials {self.trials} must be at least 1")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ConfigError(f"--timeout {self.timeout_s:g} must be a positive number of seconds")
+        if self.trials is None and self.timeout_s is None:
+            raise ConfigError("give --trials or --timeout, or the search would never end")
+        if self.threads < 1:
+            raise ConfigError(f"--threads {self.threads} must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size} must be at least 1")
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"--finetune-epochs {self.finetune_epochs} must be 0 or more")
+        if self.study_name is not None and not self.study_name.strip():
+            raise ConfigError("--study must not be empty")
+
+    @property
+    def studies_dir(self) -> Path:
+        return self.home / "studies"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.home / "mlruns"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Trained baselines, keyed by a hash of their config; safe to delete."""
+        return self.studies_dir / "cache"
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.studies_dir / 'optuna.db').resolve()}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.mlruns_dir / 'mlflow.db').resolve()}"
+
+    def resolved_study_name(self, task_name: str) -> str:
+        """The study name: given, or ``<task>-<budget>-<device>`` so reruns resume it."""
+        return self.study_name or f"{task_name}-{format_ms(self.latency_budget_ms)}-{self.device}"

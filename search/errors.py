@@ -1,0 +1,17 @@
+"""Exceptions meant for people: the CLI prints their message on one line and exits 2."""
+
+
+class SearchError(Exception):
+    """Base of every error a user can fix; its message names the bad value and the fix."""
+
+
+class ConfigError(SearchError):
+    """A command-line option or config value is invalid."""
+
+
+class TaskError(SearchError):
+    """A task could not be loaded or does not behave like a Task."""
+
+
+class StudyError(SearchError):
+    """The study cannot be opened or resumed as asked."""

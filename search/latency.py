@@ -1,0 +1,115 @@
+"""Latency measurement of a deployed artifact, and the hardware it was measured on.
+
+The protocol (threads, batch size, warm-up, repeats) is returned with every figure: a
+latency without its protocol cannot be compared with another.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from search.runtime import INPUT_NAME, Artifact, open_session
+
+MIN_WARMUP_RUNS = 20
+MIN_WARMUP_S = 0.2
+MIN_REPEATS = 100
+MIN_MEASURE_S = 1.0
+MAX_REPEATS = 5000
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call wall time of one artifact in milliseconds, with how it was measured."""
+
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    repeats: int
+    warmup_runs: int
+    threads: int
+    batch_size: int
+    device: str
+    runtime: str
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def measure_latency(
+    artifact: Artifact, inputs: np.ndarray, *, device: str = "cpu", threads: int = 1
+) -> LatencyStats:
+    """Time ``artifact`` on ``inputs`` after a warm-up, for enough repeats to trust a median.
+
+    Warm-up runs until both ``MIN_WARMUP_RUNS`` calls and ``MIN_WARMUP_S`` seconds have
+    passed (first calls allocate and tune kernels); measurement until both ``MIN_REPEATS``
+    calls and ``MIN_MEASURE_S`` seconds, capped at ``MAX_REPEATS``.
+    """
+    import onnxruntime
+
+    session = open_session(artifact.path, device=device, threads=threads)
+    feed = {INPUT_NAME: inputs}
+    warmup_runs = _run_until(session, feed, MIN_WARMUP_RUNS, MIN_WARMUP_S, MAX_REPEATS)
+    times_s: list[float] = []
+    started = time.perf_counter()
+    while len(times_s) < MAX_REPEATS and (
+        len(times_s) < MIN_REPEATS or time.perf_counter() - started < MIN_MEASURE_S
+    ):
+        tick = time.perf_counter()
+        session.run(None, feed)
+        times_s.append(time.perf_counter() - tick)
+    times_ms = np.asarray(times_s) * 1e3
+    return LatencyStats(
+        p50_ms=float(np.percentile(times_ms, 50)),
+        p95_ms=float(np.percentile(times_ms, 95)),
+        p99_ms=float(np.percentile(times_ms, 99)),
+        mean_ms=float(times_ms.mean()),
+        std_ms=float(times_ms.std()),
+        repeats=len(times_ms),
+        warmup_runs=warmup_runs,
+        threads=threads,
+        batch_size=int(inputs.shape[0]),
+        device=device,
+        runtime=f"onnxruntime-{onnxruntime.__version__}",
+    )
+
+
+def _run_until(session: object, feed: dict, min_runs: int, min_s: float, max_runs: int) -> int:
+    runs, started = 0, time.perf_counter()
+    while runs < max_runs and (runs < min_runs or time.perf_counter() - started < min_s):
+        session.run(None, feed)  # type: ignore[attr-defined]
+        runs += 1
+    return runs
+
+
+def hardware_fingerprint() -> dict[str, str]:
+    """What a latency figure depends on besides the model: CPU, cores, library versions."""
+    import onnxruntime
+    import torch
+
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"

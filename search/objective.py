@@ -1,0 +1,286 @@
+"""One trial, start to end: the only place that knows the order of the techniques.
+
+    sample params (each technique, define-by-run)
+    -> model-stage techniques on a copy of the trained model (e.g. pruning)
+    -> recovery fine-tune, if any of them changed weights
+    -> export to ONNX -> artifact-stage techniques (e.g. quantization)
+    -> accuracy on the validation split, latency, size: all of the deployed file
+    -> constraint (latency budget), Optuna user attrs, MLflow child run
+
+A failing trial records its reason in Optuna and MLflow and re-raises; the study's
+``catch`` turns it into a FAILED trial and the search goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from search.latency import measure_latency
+from search.runtime import Artifact, compact_names, evaluate, export_onnx
+from search.study import CONSTRAINT_KEY
+from search.task import Task
+from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
+from search.training import fit, predict
+from techniques import TECHNIQUES, Context
+
+FINETUNE_LR = 0.05
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """The per-run settings a trial needs besides the task and the model."""
+
+    latency_budget_ms: float
+    device: str
+    threads: int
+    batch_size: int
+    finetune_epochs: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class RunLink:
+    """Where this invocation's trials are logged."""
+
+    tracker: Tracker
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+
+
+def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """MACs and parameters as counted by thop (on a copy: thop leaves buffers behind)."""
+    import thop
+
+    macs, params = thop.profile(copy.deepcopy(model), (example_inputs,), verbose=False)
+    return int(macs), int(params)
+
+
+class TrialObjective:
+    """Callable for ``study.optimize``: returns (accuracy, latency p50 ms, size MB)."""
+
+    def __init__(
+        self,
+        task: Task,
+        base_model: nn.Module,
+        settings: TrialSettings,
+        link: RunLink,
+        workdir: Path,
+    ) -> None:
+        self.task = task
+        self.base_model = base_model
+        self.settings = settings
+        self.link = link
+        self.workdir = workdir
+        self.eval_threads = os.cpu_count() or 1
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        workdir = self.workdir / f"trial-{trial.number:04d}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        ctx = Context(
+            task=self.task, device=self.settings.device, workdir=workdir, seed=self.settings.seed
+        )
+        plan = {name: tech.space(trial, ctx) for name, tech in TECHNIQUES.items()}
+        run_id = self.link.tracker.start_run(
+            self.link.experiment_id,
+            name=run_name(trial.number, plan),
+            parent_run_id=self.link.parent_run_id,
+            tags={TRIAL_TAG: str(trial.number), STUDY_TAG: self.link.study_name},
+        )
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("run_name", run_name(trial.number, plan))
+        self.link.tracker.log(run_id, params=trial.params)
+        duplicate = find_duplicate(trial)
+        if duplicate is not None:
+            return self._reuse(trial, duplicate, run_id)
+        try:
+            values = self._run(trial, plan, ctx, run_id)
+        except BaseException as error:
+            reason = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("fail_reason", reason)
+            status = "FAILED" if isinstance(error, Exception) else "KILLED"
+            self.link.tracker.log(
+                run_id,
+                tags={"state": status, "failure_reason": reason[:5000], "feasible": False},
+            )
+            self.link.tracker.log_artifact_text(run_id, "traceback.txt", traceback.format_exc())
+            self.link.tracker.end_run(run_id, status)
+            raise
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        self.link.tracker.end_run(run_id)
+        return values
+
+    def _run(
+        self, trial: optuna.Trial, plan: dict[str, Any], ctx: Context, run_id: str
+    ) -> tuple[float, float, float]:
+        started = time.perf_counter()
+        torch.manual_seed(self.settings.seed + trial.number)
+        model, changed_weights = self.base_model, False
+        for name, technique in TECHNIQUES.items():
+            if technique.stage == "model" and plan[name] is not None:
+                model = technique.apply(model, plan[name], ctx)
+                changed_weights |= technique.changes_weights
+        if changed_weights:
+            model = self._fine_tune(model, run_id)
+        example = self.task.example_inputs(1)
+        macs, n_params = count_macs_and_params(model, example)
+        artifact: Artifact = export_onnx(model, example, ctx.workdir / "model.onnx")
+        for name, technique in TECHNIQUES.items():
+            if technique.stage == "artifact" and plan[name] is not None:
+                artifact = technique.apply(artifact, plan[name], ctx)
+        artifact = compact_names(artifact)
+        accuracy = evaluate(
+            artifact, self.task.data("val"), self.task.metric, threads=self.eval_threads
+        )
+        latency = measure_latency(
+            artifact,
+            self.task.example_inputs(self.settings.batch_size).numpy(),
+            device=self.settings.device,
+            threads=self.settings.threads,
+        )
+        over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
+        trial.set_constraint(CONSTRAINT_KEY, over_budget_ms)
+        feasible = over_budget_ms <= 0
+        size_mb = artifact.size_bytes / 1e6
+        metrics = {
+            "accuracy": accuracy,
+            "latency_p50_ms": latency.p50_ms,
+            "latency_p95_ms": latency.p95_ms,
+            "latency_p99_ms": latency.p99_ms,
+            "latency_mean_ms": latency.mean_ms,
+            "latency_std_ms": latency.std_ms,
+            "size_mb": size_mb,
+            "size_bytes": artifact.size_bytes,
+            "params": n_params,
+            "macs": macs,
+            "over_budget_ms": over_budget_ms,
+            "feasible": feasible,
+            "trial_seconds": time.perf_counter() - started,
+        }
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("scheme", artifact.scheme)
+        protocol = {
+            f"latency.{k}": v for k, v in latency.as_dict().items() if not k.endswith("_ms")
+        }
+        self.link.tracker.log(
+            run_id,
+            params=protocol,
+            metrics=metrics,
+            tags={"state": "COMPLETE", "feasible": feasible, "scheme": artifact.scheme},
+        )
+        self.link.tracker.log_artifact(run_id, artifact.path, folder="model")
+        return accuracy, latency.p50_ms, size_mb
+
+    def _reuse(
+        self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str
+    ) -> tuple[float, float, float]:
+        """Record an already-measured candidate again without re-measuring it.
+
+        The sampler proposed the same parameters twice; measuring again would only spend
+        time. The trial carries the original's figures and says whose they are.
+        """
+        for key, value in original.user_attrs.items():
+            if key not in ("mlflow_run_id", "run_name", "baseline", "reference"):
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("duplicate_of", original.number)
+        for key, value in original.constraints.items():
+            trial.set_constraint(key, value)
+        metrics = {k: v for k, v in original.user_attrs.items() if isinstance(v, int | float)}
+        self.link.tracker.log(
+            run_id,
+            metrics={k: v for k, v in metrics.items() if not isinstance(v, bool)},
+            tags={
+                "state": "COMPLETE",
+                "feasible": bool(original.user_attrs.get("feasible")),
+                "duplicate_of_trial": original.number,
+                "duplicate_of_run": original.user_attrs.get("mlflow_run_id", ""),
+            },
+        )
+        self.link.tracker.end_run(run_id)
+        accuracy, latency_p50_ms, size_mb = original.values
+        return accuracy, latency_p50_ms, size_mb
+
+    def _fine_tune(self, model: nn.Module, run_id: str) -> nn.Module:
+        val = self.task.data("val")
+
+        def log_epoch(epoch: int, mean_loss: float) -> None:
+            outputs, targets = predict(model, val)
+            model.train()
+            self.link.tracker.log(
+                run_id,
+                metrics={
+                    "finetune_loss": mean_loss,
+                    # Eager PyTorch, before export: a curve, not the reported accuracy.
+                    "finetune_val_accuracy_eager": self.task.metric(
+                        outputs.numpy(), targets.numpy()
+                    ),
+                },
+                step=epoch,
+            )
+
+        return fit(
+            model,
+            self.task.data("train"),
+            epochs=self.settings.finetune_epochs,
+            lr=FINETUNE_LR,
+            loss_fn=self.task.loss,
+            on_epoch=log_epoch,
+        )
+
+
+def run_name(number: int, plan: dict[str, Any]) -> str:
+    """A readable child-run name, e.g. ``t007 prune0.40 int8s-pc-u8-minmax``."""
+    labels = [params.label for params in plan.values() if params is not None]
+    return f"t{number:03d} " + (" ".join(labels) if labels else "baseline")
+
+
+def baseline_params() -> dict[str, Any]:
+    """The parameters of the uncompressed reference: every technique off."""
+    params: dict[str, Any] = {}
+    for technique in TECHNIQUES.values():
+        params.update(technique.off_params)
+    return params
+
+
+def reference_trials() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(params, user_attrs) of the trials a new study starts with, baseline first.
+
+    After the baseline, each technique's own reference setting alone: cheap, informative
+    first points for the sampler, and single-lever references for the report.
+    """
+    trials = [(baseline_params(), {"baseline": True, "reference": "baseline"})]
+    for name, technique in TECHNIQUES.items():
+        if technique.reference_params is not None:
+            trials.append(
+                ({**baseline_params(), **technique.reference_params}, {"reference": name})
+            )
+    return trials
+
+
+def find_duplicate(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """A completed trial with exactly these parameters, whose measurements can be reused."""
+    for other in trial.study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+    ):
+        if other.params == trial.params and other.number != trial.number:
+            return other
+    return None
+
+
+def replay_plan(params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """The technique params of a finished trial, through the same ``space`` code."""
+    fixed = optuna.trial.FixedTrial(params)
+    return {name: tech.space(fixed, ctx) for name, tech in TECHNIQUES.items()}

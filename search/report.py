@@ -1,0 +1,134 @@
+"""What the terminal shows: progress while trials run, the front when they are done."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.pareto import FrontRow
+    from search.runner import SearchResult
+
+
+class TrialProgress:
+    """A rich progress bar fed by an Optuna callback: trials done, best feasible accuracy."""
+
+    def __init__(self, console: Console, total: int | None) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task_id = self.progress.add_task("best feasible accuracy: -", total=total)
+        self.best: float | None = None
+
+    def __enter__(self) -> TrialProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from search.study import is_feasible
+
+        if is_feasible(trial) and (self.best is None or trial.values[0] > self.best):
+            self.best = trial.values[0]
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        state = trial.state.name.lower()
+        if state == "fail":
+            state = f"[red]failed: {trial.user_attrs.get('fail_reason', '')[:60]}[/red]"
+        self.progress.console.print(f"trial {trial.number}: {_trial_line(trial)} {state}")
+        self.progress.update(
+            self.task_id, advance=1, description=f"best feasible accuracy: {best}"
+        )
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
+    name = trial.user_attrs.get("run_name", "")
+    if trial.values is None:
+        return str(name)
+    accuracy, p50, size = trial.values
+    feasible = "feasible" if trial.user_attrs.get("feasible") else "over budget"
+    return f"{name}  acc {accuracy:.4f}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
+
+
+def front_table(rows: Sequence[FrontRow], title: str, *, show_over_budget: bool = False) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("candidate", overflow="fold", min_width=10, ratio=1)
+    # p95 and the rest are in pareto.csv and MLflow; the table must fit 80 columns.
+    for column in ("acc", "Δ pts", "p50 ms", "faster", "MB", "smaller", "MMACs"):
+        table.add_column(column, justify="right", no_wrap=True)
+    if show_over_budget:
+        table.add_column("over ms", justify="right", no_wrap=True)
+    for row in rows:
+        over = [f"{row.over_budget_ms:+.3f}"] if show_over_budget else []
+        table.add_row(
+            str(row.number),
+            row.name.split(" ", 1)[-1],
+            f"{row.accuracy:.4f}",
+            _ratio(row.accuracy_delta, scale=100, fmt="{:+.1f}"),
+            f"{row.latency_p50_ms:.3f}",
+            _ratio(row.speedup, fmt="{:.2f}×"),
+            f"{row.size_mb:.3f}",
+            _ratio(row.shrink, fmt="{:.2f}×"),
+            f"{row.macs / 1e6:.1f}",
+            *over,
+        )
+    return table
+
+
+def print_result(console: Console, result: SearchResult, budget_ms: float) -> None:
+    """The front with ratios against the baseline, or the nearest misses, and where to look."""
+    console.print(
+        f"\n{result.trials_run} trials run in study [bold]{result.study_name}[/bold]"
+        + (f", {result.trials_failed} failed" if result.trials_failed else "")
+    )
+    if result.baseline is not None:
+        b = result.baseline
+        console.print(
+            f"baseline (trial {b.number}): accuracy {b.accuracy:.4f}, "
+            f"p50 {b.latency_p50_ms:.3f} ms, {b.size_mb:.3f} MB, {b.macs / 1e6:.1f} M MACs; "
+            f"budget {budget_ms:g} ms"
+        )
+    if result.front:
+        console.print(
+            front_table(result.front, f"Pareto front: feasible trials within {budget_ms:g} ms")
+        )
+    else:
+        console.print(
+            f"[yellow]No trial met the {budget_ms:g} ms budget yet.[/yellow] The nearest ones:"
+        )
+        console.print(front_table(result.nearest, "nearest trials", show_over_budget=True))
+        console.print("Try a looser --latency-budget, more --trials, or stronger levers.")
+    uri = result.tracking_uri
+    console.print(
+        f"\nBrowse it in MLflow: [bold]mlflow ui --backend-store-uri {uri}[/bold] "
+        f"(experiment {result.study_name!r}, parent run {result.parent_run_id})"
+        if uri.startswith("sqlite")
+        else f"\nBrowse it in MLflow at {uri} (experiment {result.study_name!r})"
+    )
+
+
+def _ratio(value: float | None, *, fmt: str, scale: float = 1.0) -> str:
+    return "-" if value is None else fmt.format(value * scale)

@@ -1,0 +1,159 @@
+"""The thin orchestration of one ``search run``: wire the parts together, in order.
+
+config -> task -> study (resume or create, baseline enqueued) -> MLflow parent run
+-> study.optimize(TrialObjective) -> Pareto front -> artifacts on the parent run
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+
+from search.config import SearchConfig, format_ms
+from search.latency import hardware_fingerprint
+from search.objective import RunLink, TrialObjective, TrialSettings, reference_trials
+from search.pareto import FrontRow, nearest_trials, pareto_front, to_rows, write_csv, write_plots
+from search.runtime import check_device
+from search.study import baseline_trial, is_feasible, open_study
+from search.task import Task, load_task
+from search.tracking import STUDY_TAG, Tracker, redact_url
+
+TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What the CLI shows at the end; everything else is in Optuna and MLflow."""
+
+    study_name: str
+    experiment_id: str
+    parent_run_id: str
+    front: list[FrontRow]
+    nearest: list[FrontRow]  # filled only when the front is empty
+    baseline: FrontRow | None
+    trials_run: int
+    trials_failed: int
+    tracking_uri: str
+
+
+def run_search(
+    config: SearchConfig, *, task: Task | None = None, on_trial: TrialCallback | None = None
+) -> SearchResult:
+    """Run (or continue) the study described by ``config`` and log it to MLflow."""
+    check_device(config.device)
+    task = task or load_task(config.task, cache_dir=config.cache_dir)
+    config.studies_dir.mkdir(parents=True, exist_ok=True)
+    config.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    study = open_study(config, task.name, reference_trials())
+    local_store = config.tracking_uri is None
+    tracker = Tracker(
+        config.mlflow_uri, artifact_root=config.mlruns_dir / "artifacts" if local_store else None
+    )
+    experiment_id = tracker.experiment_id(study.study_name)
+    # Enqueued reference trials are WAITING, not yet run: count only finished ones.
+    trials_before = sum(t.state.is_finished() for t in study.trials)
+    parent_run_id = tracker.start_run(
+        experiment_id,
+        name=f"{study.study_name} +{trials_before}",
+        tags={STUDY_TAG: study.study_name, "kind": "search"},
+    )
+    tracker.log(
+        parent_run_id,
+        params={
+            **{k: v for k, v in asdict(config).items() if k not in ("home", "storage")},
+            "storage": redact_url(config.storage_url),
+            "latency_budget": format_ms(config.latency_budget_ms),
+            "study_name": study.study_name,
+            "trials_before": trials_before,
+        },
+        tags={f"hardware.{k}": v for k, v in hardware_fingerprint().items()},
+    )
+    status = "FAILED"
+    try:
+        base_model = task.build_model()
+        settings = TrialSettings(
+            latency_budget_ms=config.latency_budget_ms,
+            device=config.device,
+            threads=config.threads,
+            batch_size=config.batch_size,
+            finetune_epochs=config.finetune_epochs,
+            seed=config.seed,
+        )
+        link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
+        with tempfile.TemporaryDirectory(prefix="search-") as scratch:
+            objective = TrialObjective(task, base_model, settings, link, Path(scratch))
+            study.optimize(
+                objective,
+                n_trials=config.trials,
+                timeout=config.timeout_s,
+                catch=(Exception,),
+                callbacks=[on_trial] if on_trial else None,
+                gc_after_trial=True,
+            )
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        result = _summarise(study, tracker, experiment_id, parent_run_id, trials_before, config)
+        tracker.end_run(parent_run_id, status)
+    return result
+
+
+def _summarise(
+    study: optuna.Study,
+    tracker: Tracker,
+    experiment_id: str,
+    parent_run_id: str,
+    trials_before: int,
+    config: SearchConfig,
+) -> SearchResult:
+    """Write the front to the parent run and tag every trial run on or off the front."""
+    front_trials = pareto_front(study)
+    front = to_rows(study, front_trials)
+    nearest = [] if front else to_rows(study, nearest_trials(study))
+    base = baseline_trial(study)
+    new_trials = [t for t in study.trials if t.state.is_finished()][trials_before:]
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in new_trials)
+    with tempfile.TemporaryDirectory(prefix="search-pareto-") as scratch:
+        folder = Path(scratch)
+        write_csv(front, folder / "pareto.csv")
+        has_values = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        files = [folder / "pareto.csv", *(write_plots(study, folder) if has_values else [])]
+        for path in files:
+            tracker.log_artifact(parent_run_id, path)
+    on_front = {t.number for t in front_trials}
+    for trial in study.trials:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and trial.state == optuna.trial.TrialState.COMPLETE:
+            tracker.set_tag(run_id, "on_front", trial.number in on_front)
+    tracker.log(
+        parent_run_id,
+        metrics={
+            "trials_total": len(study.trials),
+            "trials_run": len(new_trials),
+            "trials_failed": failed,
+            "trials_feasible": sum(is_feasible(t) for t in study.trials),
+            "front_size": len(front),
+        },
+        tags={"front_trials": ",".join(str(n) for n in sorted(on_front))},
+    )
+    return SearchResult(
+        study_name=study.study_name,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        front=front,
+        nearest=nearest,
+        baseline=to_rows(study, [base])[0] if base else None,
+        trials_run=len(new_trials),
+        trials_failed=failed,
+        tracking_uri=config.mlflow_uri,
+    )

@@ -1,0 +1,106 @@
+"""MLflow tracking through ``MlflowClient`` with explicit run ids.
+
+No global active run: parallel trials and workers each pass the run id they write to. One
+MLflow experiment per Optuna study; one parent run per ``search run`` invocation; one child
+run per trial, linked both ways (run id on the trial, trial number on the run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "optuna.trial_number"
+STUDY_TAG = "optuna.study_name"
+MAX_PARAM_LENGTH = 6000
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, so storage URLs can be logged safely."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Tracker:
+    """The run-scoped MLflow writes the search makes; thin on purpose.
+
+    Args:
+        tracking_uri: any MLflow tracking URI (SQLite file, server URL).
+        artifact_root: where a new experiment stores artifacts when the tracking store is
+            local; None leaves the choice to the server.
+    """
+
+    def __init__(self, tracking_uri: str, *, artifact_root: Path | None = None) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.artifact_root = artifact_root
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment named ``name``, created on first use."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = None
+        if self.artifact_root is not None:
+            location = (self.artifact_root / name).resolve().as_uri()
+        return str(self.client.create_experiment(name, artifact_location=location))
+
+    def start_run(
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        all_tags = dict(tags or {})
+        if parent_run_id is not None:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        return str(run.info.run_id)
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        step: int = 0,
+    ) -> None:
+        """Params, metrics and tags in one request."""
+        now_ms = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now_ms, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_metric_step(self, run_id: str, key: str, value: float, step: int) -> None:
+        """One point of a curve (e.g. fine-tuning loss per epoch)."""
+        self.client.log_metric(run_id, key, value, step=step)
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def log_artifact_text(self, run_id: str, name: str, text: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        self.client.set_tag(run_id, key, str(value))
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(
+            run_id, status=RunStatus.to_string(RunStatus.from_string(status))
+        )

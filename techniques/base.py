@@ -1,0 +1,79 @@
+"""What a compression technique is: a slice of the search space plus a transformation.
+
+Two kinds exist, by what they transform:
+
+* a ``ModelTechnique`` changes the PyTorch model before export (expand ratios, pruning,
+  low-rank); when one changes the weights the trial fine-tunes before export;
+* an ``ArtifactTechnique`` rewrites the exported ONNX file (quantization).
+
+Each declares its parameters define-by-run under its own prefix (``prune.ratio``) with
+``trial.suggest_*`` only, returns a frozen, validated params dataclass, or None when the
+lever is off in this trial. Replaying a finished trial uses the same code with
+``optuna.trial.FixedTrial(frozen.params)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+if TYPE_CHECKING:
+    import optuna
+    from torch import nn
+
+    from search.runtime import Artifact
+    from search.task import Task
+
+
+class TechniqueError(ValueError):
+    """Parameters a technique cannot apply; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What techniques may read about the run; passed explicitly, never global.
+
+    Attributes:
+        task: the task being compressed (data for calibration, example inputs).
+        device: ``cpu`` or ``cuda``: which schemes make sense depends on it.
+        workdir: a folder private to the current trial for intermediate files.
+        seed: for anything random inside a technique.
+    """
+
+    task: Task
+    device: str
+    workdir: Path
+    seed: int = 0
+
+
+class ModelTechnique(Protocol):
+    name: ClassVar[str]
+    stage: ClassVar[Literal["model"]]
+    off_params: ClassVar[Mapping[str, Any]]  # the parameters that leave the model unchanged
+    # A setting that usually pays on its own, tried early as a single-lever reference; or None.
+    reference_params: ClassVar[Mapping[str, Any] | None]
+    changes_weights: ClassVar[bool]  # True: recovery fine-tuning must follow
+
+    def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
+
+    def apply(self, model: nn.Module, params: Any, ctx: Context) -> nn.Module:
+        """Return a transformed copy; never modify ``model`` in place."""
+        ...
+
+
+class ArtifactTechnique(Protocol):
+    name: ClassVar[str]
+    stage: ClassVar[Literal["artifact"]]
+    off_params: ClassVar[Mapping[str, Any]]
+    reference_params: ClassVar[Mapping[str, Any] | None]
+
+    def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
+
+    def apply(self, artifact: Artifact, params: Any, ctx: Context) -> Artifact:
+        """Write a new file in ``ctx.workdir`` and return it; the input file is kept."""
+        ...
+
+
+Technique = ModelTechnique | ArtifactTechnique

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny trained digits task (trained once per session) and a scratch home."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+
+from tiny_task import TINY
+
+from search.tasks.digits import DigitsTask
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def task_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("baseline-cache")
+    os.environ["SEARCH_TEST_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_task(task_cache: Path) -> DigitsTask:
+    """The tiny digits task with its baseline trained (about 10 s, once per session)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    task = DigitsTask(TINY, cache_dir=task_cache)
+    task.build_model()
+    return task
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working folder: studies/ and mlruns/ land here, not in the repository."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

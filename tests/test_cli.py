@@ -1,0 +1,55 @@
+"""The command line as a user meets it: real processes, real exit codes, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args],
+        capture_output=True, text=True, timeout=120, cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--latency-budget", "10"], "not a latency"),
+        (["--latency-budget", "-5ms"], "not a latency"),
+        (["--latency-budget", "10 parsecs"], "not a latency"),
+        (["--latency-budget", "5ms", "--trials", "x"], "--trials"),
+        (["--latency-budget", "5ms", "--trials", "0"], "--trials"),
+        (["--latency-budget", "5ms", "--bogus"], "--bogus"),
+        (["--latency-budget", "5ms", "--task", "nope"], "is not a task"),
+        (["--latency-budget", "5ms", "--task", "missing.py:make"], "no such file"),
+        (["--latency-budget", "5ms", "--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path) -> None:
+    result = run_cli("run", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert needle in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("run", "--latency-budget", "5ms", "--device", "cuda", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --device cuda: no CUDA GPU is visible to PyTorch on this machine; use --device cpu"
+    ]
+
+
+def test_help_lists_the_run_command() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "run" in result.stdout

@@ -1,0 +1,49 @@
+import pytest
+
+from search.config import SearchConfig, parse_latency_ms
+from search.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_ms"),
+    [
+        ("10ms", 10.0),
+        ("2.5 ms", 2.5),
+        ("800us", 0.8),
+        ("0.01s", 10.0),
+        (" 1s ", 1000.0),
+        (".5ms", 0.5),
+    ],
+)
+def test_parse_latency_accepts_units(text: str, expected_ms: float) -> None:
+    assert parse_latency_ms(text) == pytest.approx(expected_ms)
+
+
+@pytest.mark.parametrize("text", ["10", "-5ms", "10 parsecs", "", "ms", "0ms", "1e3ms", "5 m s"])
+def test_parse_latency_rejects_with_a_fix(text: str) -> None:
+    with pytest.raises(ConfigError, match="latency-budget"):
+        parse_latency_ms(text)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "tpu"}, "--device"),
+        ({"trials": 0}, "--trials"),
+        ({"trials": None, "timeout_s": None}, "never end"),
+        ({"threads": 0}, "--threads"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"finetune_epochs": -1}, "--finetune-epochs"),
+        ({"timeout_s": -3.0}, "--timeout"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SearchConfig(latency_budget_ms=1.0, **kwargs)
+
+
+def test_default_study_name_resumes_the_same_study(tmp_path) -> None:
+    config = SearchConfig(latency_budget_ms=0.4, home=tmp_path)
+    assert config.resolved_study_name("digits") == "digits-0.4ms-cpu"
+    assert config.storage_url == f"sqlite:///{tmp_path / 'studies' / 'optuna.db'}"
+    assert config.mlflow_uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -1,0 +1,124 @@
+"""A real 3-trial study into a scratch folder, checked through Optuna and the MLflow client."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from search.config import SearchConfig
+from search.runner import run_search
+from search.tracking import PARENT_TAG, TRIAL_TAG
+
+TRIAL_METRICS = {
+    "accuracy",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "size_mb",
+    "params",
+    "macs",
+    "feasible",
+}
+
+
+def config_for(home: Path, **overrides) -> SearchConfig:
+    settings = {
+        "latency_budget_ms": 1000.0, "trials": 3, "finetune_epochs": 1, "home": home, "seed": 0,
+    }  # fmt: skip
+    settings.update(overrides)
+    return SearchConfig(**settings)
+
+
+def runs_of(client: MlflowClient, experiment_id: str):
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    return parents, children
+
+
+def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task) -> None:
+    config = config_for(home)
+    result = run_search(config, task=tiny_task)
+
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    assert len(study.trials) == 3
+    assert study.trials[0].user_attrs["baseline"] is True
+    assert study.trials[0].params == {"prune.ratio": 0.0, "quant.scheme": "fp32"}
+    assert result.baseline is not None and result.baseline.number == 0
+
+    client = MlflowClient(tracking_uri=config.mlflow_uri)
+    experiment = client.get_experiment_by_name(result.study_name)
+    parents, children = runs_of(client, experiment.experiment_id)
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["latency_budget"] == "1000ms"
+    assert "hardware.cpu_model" in parent.data.tags
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.csv", "pareto.html", "pareto.png"} <= artifacts
+
+    by_number = {int(r.data.tags[TRIAL_TAG]): r for r in children}
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert run.data.tags[PARENT_TAG] == parent.info.run_id
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run.info.status == "FINISHED"
+        assert set(run.data.metrics) >= TRIAL_METRICS
+        assert run.data.metrics["feasible"] == 1.0  # a 1 s budget fits everything
+        assert set(trial.params) <= set(run.data.params)
+        if "duplicate_of_trial" not in run.data.tags:
+            files = [a.path for a in client.list_artifacts(run.info.run_id, "model")]
+            assert len(files) == 1 and files[0].endswith(".onnx")
+    assert result.front, "with a 1 s budget the front cannot be empty"
+    assert any(r.data.tags.get("on_front") == "True" for r in children)
+    csv_rows = Path(
+        client.download_artifacts(parent.info.run_id, "pareto.csv", str(home))
+    ).read_text()
+    assert len(csv_rows.strip().splitlines()) == len(result.front) + 1
+
+    again = run_search(config, task=tiny_task)
+    assert again.study_name == result.study_name and again.trials_run == 3
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    assert [t.number for t in study.trials] == list(range(6))
+    parents, children = runs_of(client, experiment.experiment_id)
+    assert len(parents) == 2 and len(children) == 6
+    assert sorted(int(r.data.tags[TRIAL_TAG]) for r in children) == list(range(6))
+
+
+def test_no_feasible_trial_reports_the_nearest(home, tiny_task) -> None:
+    result = run_search(config_for(home, latency_budget_ms=0.0001, trials=2), task=tiny_task)
+    assert result.front == []
+    assert len(result.nearest) == 2
+    assert all(row.over_budget_ms > 0 for row in result.nearest)
+    assert result.nearest[0].over_budget_ms <= result.nearest[1].over_budget_ms
+
+
+def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
+    from search.errors import StudyError
+
+    run_search(config_for(home, trials=1, study_name="s"), task=tiny_task)
+    with pytest.raises(StudyError, match="latency_budget_ms=1000ms"):
+        run_search(
+            config_for(home, trials=1, study_name="s", latency_budget_ms=5.0), task=tiny_task
+        )
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(home, tiny_task, monkeypatch) -> None:
+    from techniques.quantization import Quantization
+
+    def broken(self, artifact, params, ctx):
+        raise RuntimeError("calibration exploded")
+
+    monkeypatch.setattr(Quantization, "apply", broken)
+    config = config_for(home, trials=3)
+    result = run_search(config, task=tiny_task)  # trial 1 is the int8 reference: it fails
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and result.trials_failed == len(failed)
+    assert "calibration exploded" in failed[0].user_attrs["fail_reason"]
+    run = MlflowClient(tracking_uri=config.mlflow_uri).get_run(
+        failed[0].user_attrs["mlflow_run_id"]
+    )
+    assert run.info.status == "FAILED"
+    assert "calibration exploded" in run.data.tags["failure_reason"]
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE

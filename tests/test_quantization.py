@@ -1,0 +1,50 @@
+"""Each quantization scheme on the tiny digits model, run by ONNX Runtime."""
+
+import pytest
+
+from search.runtime import evaluate, export_onnx
+from techniques.base import TechniqueError
+from techniques.quantization import QuantParams, quantize
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_task, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quant")
+    artifact = export_onnx(tiny_task.build_model(), tiny_task.example_inputs(1), folder / "m.onnx")
+    accuracy = evaluate(artifact, tiny_task.data("val"), tiny_task.metric, threads=2)
+    return artifact, accuracy
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        QuantParams("int8-dynamic"),
+        QuantParams("int8-static", per_channel=False, activation_type="uint8"),
+        QuantParams("int8-static", per_channel=True, activation_type="uint8", reduce_range=True),
+        QuantParams(
+            "int8-static", per_channel=False, activation_type="int8", calibration="entropy"
+        ),
+        QuantParams("int8-static", per_channel=False, calibration="percentile"),
+    ],
+    ids=lambda p: p.label,
+)
+def test_int8_keeps_accuracy_and_shrinks_the_file(fp32, tiny_task, params) -> None:
+    artifact, fp32_accuracy = fp32
+    assert fp32_accuracy > 0.9  # a trained model, or the comparison means nothing
+    quantized = quantize(artifact, params, calibration=tiny_task.data("train"))
+    assert quantized.path != artifact.path and artifact.path.exists()
+    accuracy = evaluate(quantized, tiny_task.data("val"), tiny_task.metric, threads=2)
+    assert accuracy >= fp32_accuracy - 0.01
+    assert quantized.size_bytes < 0.6 * artifact.size_bytes
+
+
+def test_fp32_scheme_is_the_identity(fp32, tiny_task) -> None:
+    artifact, _ = fp32
+    assert quantize(artifact, QuantParams("fp32"), calibration=tiny_task.data("train")) is artifact
+
+
+def test_unknown_options_are_refused() -> None:
+    with pytest.raises(TechniqueError, match=r"quant\.scheme"):
+        QuantParams("int4")
+    with pytest.raises(TechniqueError, match="activation_type"):
+        QuantParams("int8-static", activation_type="fp8")

@@ -1,0 +1,64 @@
+"""Every registered technique honours the same contract (one suite over TECHNIQUES)."""
+
+import optuna
+import pytest
+
+from search.objective import baseline_params, reference_trials
+from techniques import TECHNIQUES, Context
+
+
+@pytest.fixture
+def ctx(tiny_task, tmp_path):
+    return Context(task=tiny_task, device="cpu", workdir=tmp_path)
+
+
+@pytest.mark.parametrize("name", list(TECHNIQUES))
+def test_off_params_mean_not_applied(name, ctx) -> None:
+    technique = TECHNIQUES[name]
+    assert technique.name == name
+    assert all(key.startswith(f"{name}.") for key in technique.off_params)
+    assert technique.space(optuna.trial.FixedTrial(dict(technique.off_params)), ctx) is None
+
+
+@pytest.mark.parametrize("name", list(TECHNIQUES))
+def test_space_is_namespaced_and_replayable(name, ctx) -> None:
+    technique = TECHNIQUES[name]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(8):
+        trial = study.ask()
+        params = technique.space(trial, ctx)
+        assert all(key.startswith(f"{name}.") for key in trial.params)
+        replayed = technique.space(optuna.trial.FixedTrial(trial.params), ctx)
+        assert replayed == params
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("name", list(TECHNIQUES))
+def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> None:
+    from search.runtime import evaluate, export_onnx
+
+    technique = TECHNIQUES[name]
+    params_dict = dict(technique.reference_params or {})
+    if not params_dict:
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
+        params = None
+        while params is None:
+            params = technique.space(trial, ctx)
+            trial = trial.study.ask()
+    else:
+        params = technique.space(optuna.trial.FixedTrial(params_dict), ctx)
+    model = tiny_task.build_model()
+    if technique.stage == "model":
+        model = technique.apply(model, params, ctx)
+        artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
+    else:
+        artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
+        artifact = technique.apply(artifact, params, ctx)
+    assert 0.0 <= evaluate(artifact, tiny_task.data("val"), tiny_task.metric) <= 1.0
+
+
+def test_baseline_and_references_cover_every_technique() -> None:
+    first, *others = reference_trials()
+    assert first[0] == baseline_params() and first[1]["baseline"] is True
+    for params, _ in others:
+        assert set(baseline_params()) <= set(params)
