@@ -6,6 +6,7 @@ config -> task -> study (resume or create, baseline enqueued) -> MLflow parent r
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -50,6 +51,8 @@ def run_search(
     config.studies_dir.mkdir(parents=True, exist_ok=True)
     config.mlruns_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for noisy in ("mlflow", "alembic"):  # database set-up chatter on first use
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     study = open_study(config, task.name, reference_trials())
