@@ -31,7 +31,7 @@ from search.runtime import Artifact, compact_names, evaluate, export_onnx
 from search.study import CONSTRAINT_KEY
 from search.task import Task
 from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
-from search.training import fit, predict
+from search.training import Distillation, fit, predict
 from techniques import TECHNIQUES, Context
 
 FINETUNE_LR = 0.05
@@ -237,6 +237,8 @@ class TrialObjective:
             epochs=self.settings.finetune_epochs,
             lr=FINETUNE_LR,
             loss_fn=self.task.loss,
+            # The uncompressed model teaches its compressed copy; fixed T and alpha for now.
+            distillation=Distillation(self.base_model.eval()),
             on_epoch=log_epoch,
         )
 

@@ -9,7 +9,7 @@ import pytest
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "search.cli", *args],
-        capture_output=True, text=True, timeout=120, cwd=cwd,
+        capture_output=True, text=True, timeout=300, cwd=cwd,
     )  # fmt: skip
 
 
@@ -53,3 +53,19 @@ def test_help_lists_the_run_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
     assert "run" in result.stdout
+
+
+def test_run_with_the_example_task_prints_the_front(tmp_path) -> None:
+    """The README's own-model example, through the real console entry point."""
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "my_task.py"
+    result = run_cli(
+        "run", "--task", f"{example}:make_task", "--latency-budget", "50ms", "--trials", "2",
+        "--finetune-epochs", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Pareto front" in result.stdout
+    assert "mlflow ui --backend-store-uri" in result.stdout
+    assert (tmp_path / "studies" / "optuna.db").exists()
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()

@@ -1,0 +1,48 @@
+import torch
+from torch import nn
+
+from search.training import Distillation, fit
+
+
+def test_distillation_loss_is_zero_when_student_matches_teacher_and_alpha_is_one() -> None:
+    logits = torch.randn(8, 10)
+    kd = Distillation(nn.Identity(), temperature=4.0, alpha=1.0)
+    assert kd.loss(logits, logits, torch.tensor(5.0)).item() < 1e-6
+
+
+def test_distillation_blends_soft_and_hard_terms() -> None:
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    hard = torch.tensor(2.0)
+    soft_only = Distillation(nn.Identity(), temperature=2.0, alpha=1.0).loss(
+        student, teacher, hard
+    )
+    blended = Distillation(nn.Identity(), temperature=2.0, alpha=0.5).loss(student, teacher, hard)
+    torch.testing.assert_close(blended, 0.5 * soft_only + 0.5 * hard)
+
+
+def test_fit_with_a_teacher_pulls_the_student_towards_it() -> None:
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
+    inputs = torch.randn(64, 4)
+    targets = teacher(inputs).argmax(1).detach()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets), 16)
+
+    def gap() -> float:
+        probs = student(inputs).softmax(1) - teacher(inputs).softmax(1)
+        return probs.abs().mean().item()
+
+    gap_before = gap()
+    fit(
+        student, loader, epochs=30, lr=0.1, loss_fn=nn.functional.cross_entropy,
+        distillation=Distillation(teacher, temperature=1.0, alpha=1.0),
+    )  # fmt: skip
+    assert gap() < 0.5 * gap_before
+
+
+def test_fit_refuses_a_nan_loss() -> None:
+    import pytest
+
+    model = nn.Linear(2, 2)
+    loader = [(torch.full((4, 2), float("nan")), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        fit(model, loader, epochs=1, lr=0.1, loss_fn=nn.functional.cross_entropy)  # type: ignore[arg-type]
