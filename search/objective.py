@@ -260,15 +260,22 @@ def baseline_params() -> dict[str, Any]:
 def reference_trials() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, user_attrs) of the trials a new study starts with, baseline first.
 
-    After the baseline, each technique's own reference setting alone: cheap, informative
-    first points for the sampler, and single-lever references for the report.
+    After the baseline: each technique's reference setting alone (the single-lever
+    references a report needs), then all of them together (the textbook prune-then-
+    quantize recipe). They are cheap, informative first points for the sampler, and the
+    sampler takes over from there.
     """
-    trials = [(baseline_params(), {"baseline": True, "reference": "baseline"})]
+    base = baseline_params()
+    trials = [(base, {"baseline": True, "reference": "baseline"})]
+    combined: dict[str, Any] = {}
+    names = []
     for name, technique in TECHNIQUES.items():
         if technique.reference_params is not None:
-            trials.append(
-                ({**baseline_params(), **technique.reference_params}, {"reference": name})
-            )
+            trials.append(({**base, **technique.reference_params}, {"reference": name}))
+            combined.update(technique.reference_params)
+            names.append(name)
+    if len(names) > 1:
+        trials.append(({**base, **combined}, {"reference": "+".join(names)}))
     return trials
 
 

@@ -45,7 +45,7 @@ class StructuredPruning:
     stage: ClassVar[Literal["model"]] = "model"
     changes_weights: ClassVar[bool] = True
     off_params: ClassVar[Mapping[str, Any]] = {"prune.ratio": 0.0}
-    reference_params: ClassVar[Mapping[str, Any] | None] = None
+    reference_params: ClassVar[Mapping[str, Any] | None] = {"prune.ratio": 0.5}
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> PruneParams | None:
         ratio = trial.suggest_float("prune.ratio", 0.0, MAX_RATIO, step=0.05)

@@ -111,7 +111,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(home, tiny_task, monk
 
     monkeypatch.setattr(Quantization, "apply", broken)
     config = config_for(home, trials=3)
-    result = run_search(config, task=tiny_task)  # trial 1 is the int8 reference: it fails
+    result = run_search(config, task=tiny_task)  # trial 2 is the int8 reference: it fails
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed and result.trials_failed == len(failed)
