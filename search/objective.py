@@ -18,6 +18,8 @@ import os
 import shutil
 import time
 import traceback
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from search.training import Distillation, fit, predict
 from techniques import TECHNIQUES, Context
 
 FINETUNE_LR = 0.05
+MODEL_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class TrialObjective:
         self.link = link
         self.workdir = workdir
         self.eval_threads = os.cpu_count() or 1
+        # model-stage key -> (trial number that fine-tuned it, model); see _compressed_model
+        self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         workdir = self.workdir / f"trial-{trial.number:04d}"
@@ -126,14 +131,7 @@ class TrialObjective:
         self, trial: optuna.Trial, plan: dict[str, Any], ctx: Context, run_id: str
     ) -> tuple[float, float, float]:
         started = time.perf_counter()
-        torch.manual_seed(self.settings.seed + trial.number)
-        model, changed_weights = self.base_model, False
-        for name, technique in TECHNIQUES.items():
-            if technique.stage == "model" and plan[name] is not None:
-                model = technique.apply(model, plan[name], ctx)
-                changed_weights |= technique.changes_weights
-        if changed_weights:
-            model = self._fine_tune(model, run_id)
+        model = self._compressed_model(trial, plan, ctx, run_id)
         example = self.task.example_inputs(1)
         macs, n_params = count_macs_and_params(model, example)
         artifact: Artifact = export_onnx(model, example, ctx.workdir / "model.onnx")
@@ -183,6 +181,36 @@ class TrialObjective:
         )
         self.link.tracker.log_artifact(run_id, artifact.path, folder="model")
         return accuracy, latency.p50_ms, size_mb
+
+    def _compressed_model(
+        self, trial: optuna.Trial, plan: dict[str, Any], ctx: Context, run_id: str
+    ) -> nn.Module:
+        """The model after the model-stage techniques and recovery fine-tuning.
+
+        Trials that share their model-stage parameters (say, the same pruning with another
+        quantization scheme) share the fine-tuned model: it is trained once per run and
+        kept for the next ``MODEL_CACHE_SIZE`` distinct model stages. The fine-tuning seed
+        comes from those parameters, so the same model stage gets the same weights.
+        """
+        key = model_stage_key(trial.params)
+        cached = self._models.get(key)
+        if cached is not None:
+            number, model = cached
+            self._models.move_to_end(key)
+            trial.set_user_attr("finetuned_in_trial", number)
+            return model
+        torch.manual_seed(self.settings.seed + zlib.crc32(key.encode()))
+        model, changed_weights = self.base_model, False
+        for name, technique in TECHNIQUES.items():
+            if technique.stage == "model" and plan[name] is not None:
+                model = technique.apply(model, plan[name], ctx)
+                changed_weights |= technique.changes_weights
+        if changed_weights:
+            model = self._fine_tune(model, run_id)
+        self._models[key] = (trial.number, model)
+        while len(self._models) > MODEL_CACHE_SIZE:
+            self._models.popitem(last=False)
+        return model
 
     def _reuse(
         self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str
@@ -247,6 +275,12 @@ def run_name(number: int, plan: dict[str, Any]) -> str:
     """A readable child-run name, e.g. ``t007 prune0.40 int8s-pc-u8-minmax``."""
     labels = [params.label for params in plan.values() if params is not None]
     return f"t{number:03d} " + (" ".join(labels) if labels else "baseline")
+
+
+def model_stage_key(params: dict[str, Any]) -> str:
+    """The parameters that shape the model before export, as a stable string."""
+    prefixes = tuple(f"{n}." for n, t in TECHNIQUES.items() if t.stage == "model")
+    return ";".join(f"{k}={params[k]!r}" for k in sorted(params) if k.startswith(prefixes))
 
 
 def baseline_params() -> dict[str, Any]:
