@@ -40,7 +40,12 @@ def run(
     task: Annotated[
         str, typer.Option(help="digits, pkg.module:factory or path/to/file.py:factory.")
     ] = "digits",
-    trials: Annotated[int | None, typer.Option(help="Trials to run in this invocation.")] = 8,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Trials to run in this invocation. [default: 8, or none with --timeout]"
+        ),
+    ] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting new trials after this many seconds.")
     ] = None,
@@ -68,7 +73,7 @@ def run(
         task=task,
         latency_budget_ms=parse_latency_ms(latency_budget),
         device=device,
-        trials=trials,
+        trials=trials if trials is not None else (None if timeout is not None else 8),
         timeout_s=timeout,
         seed=seed,
         study_name=study,

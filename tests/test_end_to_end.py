@@ -29,6 +29,11 @@ def config_for(home: Path, **overrides) -> SearchConfig:
     return SearchConfig(**settings)
 
 
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that ran; a new study also holds enqueued reference trials still WAITING."""
+    return [t for t in study.trials if t.state.is_finished()]
+
+
 def runs_of(client: MlflowClient, experiment_id: str):
     runs = client.search_runs([experiment_id], max_results=1000)
     parents = [r for r in runs if PARENT_TAG not in r.data.tags]
@@ -41,7 +46,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     result = run_search(config, task=tiny_task)
 
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
-    assert len(study.trials) == 3
+    assert len(finished(study)) == 3
     assert study.trials[0].user_attrs["baseline"] is True
     assert study.trials[0].params == {"prune.ratio": 0.0, "quant.scheme": "fp32"}
     assert result.baseline is not None and result.baseline.number == 0
@@ -58,7 +63,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     assert {"pareto.csv", "pareto.html", "pareto.png"} <= artifacts
 
     by_number = {int(r.data.tags[TRIAL_TAG]): r for r in children}
-    for trial in study.trials:
+    for trial in finished(study):
         run = by_number[trial.number]
         assert run.data.tags[PARENT_TAG] == parent.info.run_id
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
@@ -79,7 +84,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     again = run_search(config, task=tiny_task)
     assert again.study_name == result.study_name and again.trials_run == 3
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
-    assert [t.number for t in study.trials] == list(range(6))
+    assert [t.number for t in finished(study)] == list(range(6))
     parents, children = runs_of(client, experiment.experiment_id)
     assert len(parents) == 2 and len(children) == 6
     assert sorted(int(r.data.tags[TRIAL_TAG]) for r in children) == list(range(6))
