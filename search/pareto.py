@@ -95,33 +95,76 @@ def write_csv(rows: Sequence[FrontRow], path: Path) -> Path:
     return path
 
 
-def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """``pareto.html`` (interactive, plotly) and ``pareto.png`` (matplotlib) of all trials.
+def write_plots(study: optuna.Study, folder: Path, *, budget_ms: float) -> list[Path]:
+    """``pareto.html`` (Optuna's interactive 3-D front) and ``pareto.png`` (a 2-D summary).
 
-    Infeasible trials are drawn apart from feasible ones: Optuna reads the constraints each
-    trial set on itself.
+    The PNG puts latency against accuracy, marker area by file size, the budget as a line
+    and front members labelled with their trial number: a 3-D scatter does not read well
+    as a still image. Infeasible trials are told apart by the constraints trials set.
     """
+    from optuna.visualization import plot_pareto_front
+
+    html, png = folder / "pareto.html", folder / "pareto.png"
+    figure = plot_pareto_front(study, target_names=list(OBJECTIVE_NAMES))
+    partial = folder / "pareto.partial.html"
+    figure.write_html(str(partial), include_plotlyjs=True)  # offline: no CDN
+    os.replace(partial, html)
+    partial_png = folder / "pareto.partial.png"
+    _plot_latency_accuracy(study, partial_png, budget_ms=budget_ms)
+    os.replace(partial_png, png)
+    return [html, png]
+
+
+def _plot_latency_accuracy(study: optuna.Study, path: Path, *, budget_ms: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as optuna_mpl
-    from optuna.visualization import plot_pareto_front
+    from matplotlib.ticker import FuncFormatter
 
-    names = list(OBJECTIVE_NAMES)
-    html, png = folder / "pareto.html", folder / "pareto.png"
-    figure = plot_pareto_front(study, target_names=names)
-    partial = folder / "pareto.partial.html"
-    figure.write_html(str(partial), include_plotlyjs=True)
-    os.replace(partial, html)
-    axes = optuna_mpl.plot_pareto_front(study, target_names=names)
-    partial_png = folder / "pareto.partial.png"
-    canvas = axes.get_figure(root=True)
-    assert canvas is not None
-    canvas.savefig(partial_png, dpi=120, bbox_inches="tight")
-    plt.close(canvas)
-    os.replace(partial_png, png)
-    return [html, png]
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    front = {t.number for t in pareto_front(study)}
+    largest = max((t.values[2] for t in done), default=1.0)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = (
+        ("infeasible", "#bbbbbb", [t for t in done if not is_feasible(t)]),
+        ("feasible", "#6fa8dc", [t for t in done if is_feasible(t) and t.number not in front]),
+        ("Pareto front", "#cc0000", [t for t in done if t.number in front]),
+    )
+    for label, color, trials in groups:
+        if trials:
+            ax.scatter(
+                [t.values[1] for t in trials],
+                [t.values[0] for t in trials],
+                s=[30 + 300 * t.values[2] / largest for t in trials],
+                c=color,
+                alpha=0.8,
+                label=label,
+                edgecolors="black",
+                linewidths=0.4,
+            )
+    for trial in done:
+        if trial.number in front:
+            ax.annotate(str(trial.number), (trial.values[1], trial.values[0]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.axvline(
+        budget_ms, color="black", linestyle="--", linewidth=1, label=f"budget {budget_ms:g} ms"
+    )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    # label 0.2, 0.5, 2, 5 ... between the decades, leave the other minor ticks bare
+    ax.xaxis.set_minor_formatter(
+        FuncFormatter(
+            lambda value, _: f"{value:g}" if f"{value:g}".strip("0.")[:1] in "25" else ""
+        )
+    )
+    ax.set_xlabel("latency p50 (ms, log scale)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{study.study_name}: marker area ∝ file size")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
 
 
 def _fmt(value: float | None) -> str:

@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
+from torch import nn
 
 from search.config import SearchConfig, format_ms
+from search.errors import TaskError
 from search.latency import hardware_fingerprint
 from search.objective import RunLink, TrialObjective, TrialSettings, reference_trials
 from search.pareto import FrontRow, nearest_trials, pareto_front, to_rows, write_csv, write_plots
@@ -81,7 +83,7 @@ def run_search(
     )
     status = "FAILED"
     try:
-        base_model = task.build_model()
+        base_model = _build_model(task, config.task)
         settings = TrialSettings(
             latency_budget_ms=config.latency_budget_ms,
             device=config.device,
@@ -111,6 +113,16 @@ def run_search(
     return result
 
 
+def _build_model(task: Task, spec: str) -> nn.Module:
+    """The task's trained model; a failure inside the user's code is one clear line."""
+    try:
+        return task.build_model().eval()
+    except Exception as error:
+        raise TaskError(
+            f"--task {spec}: build_model() raised {type(error).__name__}: {error}"
+        ) from error
+
+
 def _summarise(
     study: optuna.Study,
     tracker: Tracker,
@@ -130,7 +142,14 @@ def _summarise(
         folder = Path(scratch)
         write_csv(front, folder / "pareto.csv")
         has_values = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        files = [folder / "pareto.csv", *(write_plots(study, folder) if has_values else [])]
+        files = [
+            folder / "pareto.csv",
+            *(
+                write_plots(study, folder, budget_ms=config.latency_budget_ms)
+                if has_values
+                else []
+            ),
+        ]
         for path in files:
             tracker.log_artifact(parent_run_id, path)
     on_front = {t.number for t in front_trials}

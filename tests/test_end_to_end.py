@@ -1,5 +1,6 @@
 """A real 3-trial study into a scratch folder, checked through Optuna and the MLflow client."""
 
+import re
 from pathlib import Path
 
 import optuna
@@ -127,3 +128,21 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(home, tiny_task, monk
     assert run.info.status == "FAILED"
     assert "calibration exploded" in run.data.tags["failure_reason"]
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_model_that_fails_to_build_is_one_clear_error(home, tiny_task, monkeypatch) -> None:
+    from search.errors import TaskError
+
+    def broken() -> None:
+        raise OSError("weights.pt not found")
+
+    monkeypatch.setattr(tiny_task, "build_model", broken)
+    with pytest.raises(
+        TaskError, match=re.escape("build_model() raised OSError: weights.pt not found")
+    ):
+        run_search(config_for(home, trials=1), task=tiny_task)
+    client = MlflowClient(tracking_uri=config_for(home).mlflow_uri)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("digits-1000ms-cpu").experiment_id]
+    )
+    assert parent.info.status == "FAILED"
