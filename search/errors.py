@@ -15,3 +15,7 @@ class TaskError(SearchError):
 
 class StudyError(SearchError):
     """The study cannot be opened or resumed as asked."""
+
+
+class TrackingError(SearchError):
+    """The MLflow tracking store cannot be reached or written."""

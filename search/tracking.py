@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from search.errors import TrackingError
+
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "optuna.trial_number"
 STUDY_TAG = "optuna.study_name"
@@ -45,7 +47,20 @@ class Tracker:
         self.artifact_root = artifact_root
 
     def experiment_id(self, name: str) -> str:
-        """The experiment named ``name``, created on first use."""
+        """The experiment named ``name``, created on first use.
+
+        This is the first call that reaches the store, so an unreachable server or a bad
+        URI is reported here as one line.
+        """
+        try:
+            return self._experiment_id(name)
+        except Exception as error:
+            raise TrackingError(
+                f"--tracking-uri {self.client.tracking_uri}: cannot use it: "
+                f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            ) from error
+
+    def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)

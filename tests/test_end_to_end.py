@@ -146,3 +146,14 @@ def test_a_model_that_fails_to_build_is_one_clear_error(home, tiny_task, monkeyp
         [client.get_experiment_by_name("digits-1000ms-cpu").experiment_id]
     )
     assert parent.info.status == "FAILED"
+
+
+def test_an_unreachable_tracking_server_is_one_clear_error(home, tiny_task, monkeypatch) -> None:
+    from search.errors import TrackingError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    config = config_for(home, trials=1, tracking_uri="http://127.0.0.1:9")  # nothing listens
+    with pytest.raises(
+        TrackingError, match=re.escape("--tracking-uri http://127.0.0.1:9: cannot use it")
+    ):
+        run_search(config, task=tiny_task)
