@@ -22,7 +22,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import torch
@@ -33,8 +33,14 @@ from search.runtime import Artifact, compact_names, evaluate, export_onnx
 from search.study import CONSTRAINT_KEY
 from search.task import Task
 from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
-from search.training import Distillation, fit, predict
-from techniques import TECHNIQUES, Context
+from search.training import Recipe, fit, predict
+from techniques import (
+    TECHNIQUES,
+    ArtifactTechnique,
+    Context,
+    ModelTechnique,
+    TrainingTechnique,
+)
 
 FINETUNE_LR = 0.05
 MODEL_CACHE_SIZE = 4
@@ -94,9 +100,13 @@ class TrialObjective:
         workdir = self.workdir / f"trial-{trial.number:04d}"
         workdir.mkdir(parents=True, exist_ok=True)
         ctx = Context(
-            task=self.task, device=self.settings.device, workdir=workdir, seed=self.settings.seed
+            task=self.task,
+            device=self.settings.device,
+            workdir=workdir,
+            base_model=self.base_model,
+            seed=self.settings.seed,
         )
-        plan = {name: tech.space(trial, ctx) for name, tech in TECHNIQUES.items()}
+        plan = sample_plan(trial, ctx)
         run_id = self.link.tracker.start_run(
             self.link.experiment_id,
             name=run_name(trial.number, plan),
@@ -105,7 +115,8 @@ class TrialObjective:
         )
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("run_name", run_name(trial.number, plan))
-        self.link.tracker.log(run_id, params=trial.params)
+        levers = {f"lever.{n}": p.label if p is not None else "off" for n, p in plan.items()}
+        self.link.tracker.log(run_id, params={**trial.params, **levers})
         duplicate = find_duplicate(trial)
         if duplicate is not None:
             return self._reuse(trial, duplicate, run_id)
@@ -135,8 +146,8 @@ class TrialObjective:
         example = self.task.example_inputs(1)
         macs, n_params = count_macs_and_params(model, example)
         artifact: Artifact = export_onnx(model, example, ctx.workdir / "model.onnx")
-        for name, technique in TECHNIQUES.items():
-            if technique.stage == "artifact" and plan[name] is not None:
+        for name, technique in artifact_techniques():
+            if plan[name] is not None:
                 artifact = technique.apply(artifact, plan[name], ctx)
         artifact = compact_names(artifact)
         accuracy = evaluate(
@@ -192,7 +203,7 @@ class TrialObjective:
         kept for the next ``MODEL_CACHE_SIZE`` distinct model stages. The fine-tuning seed
         comes from those parameters, so the same model stage gets the same weights.
         """
-        key = model_stage_key(trial.params)
+        key = trained_model_key(trial.params)
         cached = self._models.get(key)
         if cached is not None:
             number, model = cached
@@ -201,12 +212,16 @@ class TrialObjective:
             return model
         torch.manual_seed(self.settings.seed + zlib.crc32(key.encode()))
         model, changed_weights = self.base_model, False
-        for name, technique in TECHNIQUES.items():
-            if technique.stage == "model" and plan[name] is not None:
+        for name, technique in model_techniques():
+            if plan[name] is not None:
                 model = technique.apply(model, plan[name], ctx)
                 changed_weights |= technique.changes_weights
         if changed_weights:
-            model = self._fine_tune(model, run_id)
+            recipe = Recipe(epochs=self.settings.finetune_epochs, lr=FINETUNE_LR)
+            for name, training in training_techniques():
+                if plan[name] is not None:
+                    recipe = training.configure(recipe, plan[name], ctx)
+            model = self._fine_tune(model, recipe, run_id)
         self._models[key] = (trial.number, model)
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
@@ -241,7 +256,7 @@ class TrialObjective:
         accuracy, latency_p50_ms, size_mb = original.values
         return accuracy, latency_p50_ms, size_mb
 
-    def _fine_tune(self, model: nn.Module, run_id: str) -> nn.Module:
+    def _fine_tune(self, model: nn.Module, recipe: Recipe, run_id: str) -> nn.Module:
         val = self.task.data("val")
 
         def log_epoch(epoch: int, mean_loss: float) -> None:
@@ -262,11 +277,10 @@ class TrialObjective:
         return fit(
             model,
             self.task.data("train"),
-            epochs=self.settings.finetune_epochs,
-            lr=FINETUNE_LR,
+            epochs=recipe.epochs,
+            lr=recipe.lr,
             loss_fn=self.task.loss,
-            # The uncompressed model teaches its compressed copy; fixed T and alpha for now.
-            distillation=Distillation(self.base_model.eval()),
+            distillation=recipe.distillation,
             on_epoch=log_epoch,
         )
 
@@ -277,37 +291,82 @@ def run_name(number: int, plan: dict[str, Any]) -> str:
     return f"t{number:03d} " + (" ".join(labels) if labels else "baseline")
 
 
-def model_stage_key(params: dict[str, Any]) -> str:
-    """The parameters that shape the model before export, as a stable string."""
-    prefixes = tuple(f"{n}." for n, t in TECHNIQUES.items() if t.stage == "model")
+def _of_stage(stage: str) -> list[tuple[str, Any]]:
+    return [(name, tech) for name, tech in TECHNIQUES.items() if tech.stage == stage]
+
+
+def model_techniques() -> list[tuple[str, ModelTechnique]]:
+    return _of_stage("model")
+
+
+def training_techniques() -> list[tuple[str, TrainingTechnique]]:
+    return _of_stage("training")
+
+
+def artifact_techniques() -> list[tuple[str, ArtifactTechnique]]:
+    return _of_stage("artifact")
+
+
+def sample_plan(trial: optuna.trial.BaseTrial, ctx: Context) -> dict[str, Any]:
+    """Each technique's params (None: off), define-by-run, stage by stage.
+
+    Training-stage levers are sampled only when a model-stage lever changed the weights:
+    without a fine-tune they would be parameters that do nothing.
+    """
+    plan = {name: technique.space(trial, ctx) for name, technique in model_techniques()}
+    fine_tunes = any(
+        plan[name] is not None and technique.changes_weights
+        for name, technique in model_techniques()
+    )
+    for name, training in training_techniques():
+        plan[name] = training.space(trial, ctx) if fine_tunes else None
+    for name, artifact in artifact_techniques():
+        plan[name] = artifact.space(trial, ctx)
+    return plan
+
+
+def trained_model_key(params: dict[str, Any]) -> str:
+    """The parameters that shape the fine-tuned model before export, as a stable string."""
+    prefixes = tuple(f"{n}." for n, t in TECHNIQUES.items() if t.stage in ("model", "training"))
     return ";".join(f"{k}={params[k]!r}" for k in sorted(params) if k.startswith(prefixes))
 
 
 def baseline_params() -> dict[str, Any]:
-    """The parameters of the uncompressed reference: every technique off."""
+    """The parameters of the uncompressed reference: every model and artifact lever off.
+
+    Training-stage levers are not sampled when nothing is fine-tuned, so they have none.
+    """
     params: dict[str, Any] = {}
     for technique in TECHNIQUES.values():
-        params.update(technique.off_params)
+        if technique.stage != "training":
+            params.update(technique.off_params)
     return params
 
 
 def reference_trials() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, user_attrs) of the trials a new study starts with, baseline first.
 
-    After the baseline: each technique's reference setting alone (the single-lever
-    references a report needs), then all of them together (the textbook prune-then-
-    quantize recipe). They are cheap, informative first points for the sampler, and the
-    sampler takes over from there.
+    After the baseline: each model- or artifact-stage technique's reference setting alone
+    (the single-lever references a report needs), then all of them together (the textbook
+    prune-then-quantize recipe). Whenever a reference fine-tunes, it does so with the
+    training-stage references (e.g. distillation at T=4, alpha=0.9). They are cheap,
+    informative first points; the sampler takes over from there.
     """
     base = baseline_params()
+    training: dict[str, Any] = {}
+    for _, trainer in training_techniques():
+        training.update(trainer.reference_params or trainer.off_params)
     trials = [(base, {"baseline": True, "reference": "baseline"})]
     combined: dict[str, Any] = {}
-    names = []
+    names: list[str] = []
     for name, technique in TECHNIQUES.items():
-        if technique.reference_params is not None:
-            trials.append(({**base, **technique.reference_params}, {"reference": name}))
-            combined.update(technique.reference_params)
-            names.append(name)
+        if technique.stage == "training" or technique.reference_params is None:
+            continue
+        fine_tunes = technique.stage == "model" and cast(ModelTechnique, technique).changes_weights
+        extra = training if fine_tunes else {}
+        trials.append(({**base, **technique.reference_params, **extra}, {"reference": name}))
+        combined.update({**technique.reference_params, **extra})
+        names.append(name)
     if len(names) > 1:
         trials.append(({**base, **combined}, {"reference": "+".join(names)}))
     return trials

@@ -40,6 +40,15 @@ class Distillation:
         return self.alpha * t * t * soft + (1 - self.alpha) * hard
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a compressed model is fine-tuned; training-stage techniques refine it."""
+
+    epochs: int
+    lr: float
+    distillation: Distillation | None = None
+
+
 def fit(
     model: nn.Module,
     loader: DataLoader,

@@ -1,24 +1,36 @@
 """The compression techniques, in the order a trial applies them.
 
-TECHNIQUES is the one registry: insertion order is application order within each stage
-(model-stage techniques before export, artifact-stage techniques after). Adding a
+TECHNIQUES is the one registry: insertion order is application order. Stages run in the
+order of STAGES (model -> training -> artifact) and the registry lists them in that order. Adding a
 technique is one new module and one line here.
 """
 
-from techniques.base import ArtifactTechnique, Context, ModelTechnique, Technique, TechniqueError
+from techniques.base import (
+    STAGES,
+    ArtifactTechnique,
+    Context,
+    ModelTechnique,
+    Technique,
+    TechniqueError,
+    TrainingTechnique,
+)
+from techniques.distillation import KnowledgeDistillation
 from techniques.pruning import StructuredPruning
 from techniques.quantization import Quantization
 
 TECHNIQUES: dict[str, Technique] = {
-    "prune": StructuredPruning(),
-    "quant": Quantization(),
+    "prune": StructuredPruning(),  # model stage
+    "distill": KnowledgeDistillation(),  # training stage
+    "quant": Quantization(),  # artifact stage
 }
 
 __all__ = [
+    "STAGES",
     "TECHNIQUES",
     "ArtifactTechnique",
     "Context",
     "ModelTechnique",
     "Technique",
     "TechniqueError",
+    "TrainingTechnique",
 ]

@@ -1,9 +1,10 @@
 """What a compression technique is: a slice of the search space plus a transformation.
 
-Two kinds exist, by what they transform:
+Three kinds exist, by what they act on, applied in this order:
 
 * a ``ModelTechnique`` changes the PyTorch model before export (expand ratios, pruning,
   low-rank); when one changes the weights the trial fine-tunes before export;
+* a ``TrainingTechnique`` changes that fine-tuning (distillation; later LoRA, QAT);
 * an ``ArtifactTechnique`` rewrites the exported ONNX file (quantization).
 
 Each declares its parameters define-by-run under its own prefix (``prune.ratio``) with
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
     from search.runtime import Artifact
     from search.task import Task
+    from search.training import Recipe
 
 
 class TechniqueError(ValueError):
@@ -39,12 +41,14 @@ class Context:
         task: the task being compressed (data for calibration, example inputs).
         device: ``cpu`` or ``cuda``: which schemes make sense depends on it.
         workdir: a folder private to the current trial for intermediate files.
+        base_model: the uncompressed trained model (a teacher; never modified).
         seed: for anything random inside a technique.
     """
 
     task: Task
     device: str
     workdir: Path
+    base_model: nn.Module
     seed: int = 0
 
 
@@ -63,6 +67,25 @@ class ModelTechnique(Protocol):
         ...
 
 
+class TrainingTechnique(Protocol):
+    """Changes how a compressed model is fine-tuned (distillation, LoRA, QAT).
+
+    Sampled only in trials where a model-stage technique changed the weights: with nothing
+    to fine-tune, its parameters would mean nothing.
+    """
+
+    name: ClassVar[str]
+    stage: ClassVar[Literal["training"]]
+    off_params: ClassVar[Mapping[str, Any]]
+    reference_params: ClassVar[Mapping[str, Any] | None]
+
+    def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
+
+    def configure(self, recipe: Recipe, params: Any, ctx: Context) -> Recipe:
+        """Return the recipe with this technique's part set."""
+        ...
+
+
 class ArtifactTechnique(Protocol):
     name: ClassVar[str]
     stage: ClassVar[Literal["artifact"]]
@@ -76,4 +99,5 @@ class ArtifactTechnique(Protocol):
         ...
 
 
-Technique = ModelTechnique | ArtifactTechnique
+Technique = ModelTechnique | TrainingTechnique | ArtifactTechnique
+STAGES = ("model", "training", "artifact")  # the order a trial goes through them

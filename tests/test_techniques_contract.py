@@ -9,7 +9,8 @@ from techniques import TECHNIQUES, Context
 
 @pytest.fixture
 def ctx(tiny_task, tmp_path):
-    return Context(task=tiny_task, device="cpu", workdir=tmp_path)
+    base = tiny_task.build_model()
+    return Context(task=tiny_task, device="cpu", workdir=tmp_path, base_model=base)
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
@@ -48,13 +49,29 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> 
     else:
         params = technique.space(optuna.trial.FixedTrial(params_dict), ctx)
     model = tiny_task.build_model()
-    if technique.stage == "model":
+    if technique.stage == "training":
+        from search.training import Recipe, fit
+
+        plain = Recipe(epochs=1, lr=0.01)
+        recipe = technique.configure(plain, params, ctx)
+        assert recipe != plain
+        fit(model, tiny_task.data("train"), epochs=1, lr=0.01, loss_fn=tiny_task.loss,
+            distillation=recipe.distillation)  # fmt: skip
+        artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
+    elif technique.stage == "model":
         model = technique.apply(model, params, ctx)
         artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
     else:
         artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
         artifact = technique.apply(artifact, params, ctx)
     assert 0.0 <= evaluate(artifact, tiny_task.data("val"), tiny_task.metric) <= 1.0
+
+
+def test_registry_lists_stages_in_application_order() -> None:
+    from techniques import STAGES
+
+    order = [STAGES.index(technique.stage) for technique in TECHNIQUES.values()]
+    assert order == sorted(order)
 
 
 def test_baseline_and_references_cover_every_technique() -> None:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -8,6 +9,23 @@ def test_distillation_loss_is_zero_when_student_matches_teacher_and_alpha_is_one
     logits = torch.randn(8, 10)
     kd = Distillation(nn.Identity(), temperature=4.0, alpha=1.0)
     assert kd.loss(logits, logits, torch.tensor(5.0)).item() < 1e-6
+
+
+def test_distillation_loss_matches_a_hand_computed_value() -> None:
+    import math
+
+    student, teacher, temperature, alpha, hard = [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], 2.0, 0.5, 1.0
+
+    def softmax(logits: list[float]) -> list[float]:
+        exps = [math.exp(v / temperature) for v in logits]
+        return [e / sum(exps) for e in exps]
+
+    p_teacher, p_student = softmax(teacher), softmax(student)
+    kl = sum(t * (math.log(t) - math.log(s)) for t, s in zip(p_teacher, p_student, strict=True))
+    expected = alpha * temperature**2 * kl + (1 - alpha) * hard
+    kd = Distillation(nn.Identity(), temperature=temperature, alpha=alpha)
+    value = kd.loss(torch.tensor([student]), torch.tensor([teacher]), torch.tensor(hard))
+    assert value.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_distillation_blends_soft_and_hard_terms() -> None:
@@ -40,8 +58,6 @@ def test_fit_with_a_teacher_pulls_the_student_towards_it() -> None:
 
 
 def test_fit_refuses_a_nan_loss() -> None:
-    import pytest
-
     model = nn.Linear(2, 2)
     loader = [(torch.full((4, 2), float("nan")), torch.zeros(4, dtype=torch.long))]
     with pytest.raises(FloatingPointError, match="loss became nan"):
