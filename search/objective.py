@@ -331,7 +331,7 @@ def trained_model_key(params: dict[str, Any]) -> str:
     return ";".join(f"{k}={params[k]!r}" for k in sorted(params) if k.startswith(prefixes))
 
 
-def baseline_params() -> dict[str, Any]:
+def baseline_params(ctx: Context) -> dict[str, Any]:
     """The parameters of the uncompressed reference: every model and artifact lever off.
 
     Training-stage levers are not sampled when nothing is fine-tuned, so they have none.
@@ -339,11 +339,11 @@ def baseline_params() -> dict[str, Any]:
     params: dict[str, Any] = {}
     for technique in TECHNIQUES.values():
         if technique.stage != "training":
-            params.update(technique.off_params)
+            params.update(technique.off_params(ctx))
     return params
 
 
-def reference_trials() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def reference_trials(ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, user_attrs) of the trials a new study starts with, baseline first.
 
     After the baseline: each model- or artifact-stage technique's reference setting alone
@@ -352,20 +352,21 @@ def reference_trials() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     training-stage references (e.g. distillation at T=4, alpha=0.9). They are cheap,
     informative first points; the sampler takes over from there.
     """
-    base = baseline_params()
+    base = baseline_params(ctx)
     training: dict[str, Any] = {}
     for _, trainer in training_techniques():
-        training.update(trainer.reference_params or trainer.off_params)
+        training.update(trainer.reference_params(ctx) or trainer.off_params(ctx))
     trials = [(base, {"baseline": True, "reference": "baseline"})]
     combined: dict[str, Any] = {}
     names: list[str] = []
     for name, technique in TECHNIQUES.items():
-        if technique.stage == "training" or technique.reference_params is None:
+        reference = technique.reference_params(ctx)
+        if technique.stage == "training" or reference is None:
             continue
         fine_tunes = technique.stage == "model" and cast(ModelTechnique, technique).changes_weights
         extra = training if fine_tunes else {}
-        trials.append(({**base, **technique.reference_params, **extra}, {"reference": name}))
-        combined.update({**technique.reference_params, **extra})
+        trials.append(({**base, **reference, **extra}, {"reference": name}))
+        combined.update({**reference, **extra})
         names.append(name)
     if len(names) > 1:
         trials.append(({**base, **combined}, {"reference": "+".join(names)}))

@@ -104,6 +104,8 @@ def print_result(console: Console, result: SearchResult, budget_ms: float) -> No
         f"\n{result.trials_run} trials run in study [bold]{result.study_name}[/bold]"
         + (f", {result.trials_failed} failed" if result.trials_failed else "")
     )
+    for lever, why in result.not_applicable.items():
+        console.print(f"lever {lever}: not applicable to this model ({why}); left off")
     if result.baseline is not None:
         b = result.baseline
         console.print(

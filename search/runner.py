@@ -10,7 +10,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -25,6 +25,7 @@ from search.runtime import check_device
 from search.study import baseline_trial, is_feasible, open_study
 from search.task import Task, load_task
 from search.tracking import STUDY_TAG, Tracker, redact_url
+from techniques import TECHNIQUES, Context
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -42,6 +43,7 @@ class SearchResult:
     trials_run: int
     trials_failed: int
     tracking_uri: str
+    not_applicable: dict[str, str] = field(default_factory=dict)  # lever -> why
 
 
 def run_search(
@@ -57,7 +59,16 @@ def run_search(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    study = open_study(config, task.name, reference_trials())
+    base_model = _build_model(task, config.task)  # before anything is written
+    ctx = Context(
+        task=task,
+        device=config.device,
+        workdir=config.studies_dir,
+        base_model=base_model,
+        seed=config.seed,
+    )
+    notes = not_applicable(ctx)
+    study = open_study(config, task.name, reference_trials(ctx))
     local_store = config.tracking_uri is None
     tracker = Tracker(
         config.mlflow_uri, artifact_root=config.mlruns_dir / "artifacts" if local_store else None
@@ -79,11 +90,13 @@ def run_search(
             "study_name": study.study_name,
             "trials_before": trials_before,
         },
-        tags={f"hardware.{k}": v for k, v in hardware_fingerprint().items()},
+        tags={
+            **{f"hardware.{k}": v for k, v in hardware_fingerprint().items()},
+            **{f"not_applicable.{name}": why for name, why in notes.items()},
+        },
     )
     status = "FAILED"
     try:
-        base_model = _build_model(task, config.task)
         settings = TrialSettings(
             latency_budget_ms=config.latency_budget_ms,
             device=config.device,
@@ -110,7 +123,17 @@ def run_search(
     finally:
         result = _summarise(study, tracker, experiment_id, parent_run_id, trials_before, config)
         tracker.end_run(parent_run_id, status)
-    return result
+    return replace(result, not_applicable=notes)
+
+
+def not_applicable(ctx: Context) -> dict[str, str]:
+    """Levers that cannot act on this model, with the reason: reported once per run."""
+    notes = {}
+    for name, technique in TECHNIQUES.items():
+        reason = technique.applicability(ctx)
+        if reason is not None:
+            notes[name] = reason
+    return notes
 
 
 def _build_model(task: Task, spec: str) -> nn.Module:

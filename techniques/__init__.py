@@ -17,9 +17,11 @@ from techniques.base import (
 from techniques.distillation import KnowledgeDistillation
 from techniques.pruning import StructuredPruning
 from techniques.quantization import Quantization
+from techniques.width import ExpandRatio
 
 TECHNIQUES: dict[str, Technique] = {
-    "prune": StructuredPruning(),  # model stage
+    "width": ExpandRatio(),  # model stage: narrow inverted residual blocks first,
+    "prune": StructuredPruning(),  # then prune what remains
     "distill": KnowledgeDistillation(),  # training stage
     "quant": Quantization(),  # artifact stage
 }

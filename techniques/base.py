@@ -55,9 +55,19 @@ class Context:
 class ModelTechnique(Protocol):
     name: ClassVar[str]
     stage: ClassVar[Literal["model"]]
-    off_params: ClassVar[Mapping[str, Any]]  # the parameters that leave the model unchanged
-    # A setting that usually pays on its own, tried early as a single-lever reference; or None.
-    reference_params: ClassVar[Mapping[str, Any] | None]
+
+    def off_params(self, ctx: Context) -> Mapping[str, Any]:
+        """The parameters that leave the model unchanged (together: the baseline)."""
+        ...
+
+    def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
+        """A setting that usually pays on its own, tried early in a new study; or None."""
+        ...
+
+    def applicability(self, ctx: Context) -> str | None:
+        """Why the lever cannot apply to ``ctx.base_model`` (said once), or None."""
+        ...
+
     changes_weights: ClassVar[bool]  # True: recovery fine-tuning must follow
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
@@ -76,8 +86,12 @@ class TrainingTechnique(Protocol):
 
     name: ClassVar[str]
     stage: ClassVar[Literal["training"]]
-    off_params: ClassVar[Mapping[str, Any]]
-    reference_params: ClassVar[Mapping[str, Any] | None]
+
+    def off_params(self, ctx: Context) -> Mapping[str, Any]: ...
+
+    def reference_params(self, ctx: Context) -> Mapping[str, Any] | None: ...
+
+    def applicability(self, ctx: Context) -> str | None: ...
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
 
@@ -89,8 +103,12 @@ class TrainingTechnique(Protocol):
 class ArtifactTechnique(Protocol):
     name: ClassVar[str]
     stage: ClassVar[Literal["artifact"]]
-    off_params: ClassVar[Mapping[str, Any]]
-    reference_params: ClassVar[Mapping[str, Any] | None]
+
+    def off_params(self, ctx: Context) -> Mapping[str, Any]: ...
+
+    def reference_params(self, ctx: Context) -> Mapping[str, Any] | None: ...
+
+    def applicability(self, ctx: Context) -> str | None: ...
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
 

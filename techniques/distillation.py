@@ -36,16 +36,26 @@ class DistillParams:
         return f"kd{self.temperature:g}/{self.alpha:g}"
 
 
+# On the digits model pruned by 40%, T=4 and alpha=0.9 recovered 0.983-0.989 validation
+# accuracy over four seeds against 0.972-0.983 without distillation.
+REFERENCE: Mapping[str, Any] = {
+    "distill.alpha": 0.9,
+    "distill.temperature": 4.0,
+}
+
+
 class KnowledgeDistillation:
     name: ClassVar[str] = "distill"
     stage: ClassVar[Literal["training"]] = "training"
-    off_params: ClassVar[Mapping[str, Any]] = {"distill.alpha": 0.0}
-    # On the digits model pruned by 40%, T=4 and alpha=0.9 recovered 0.983-0.989 validation
-    # accuracy over four seeds against 0.972-0.983 without distillation.
-    reference_params: ClassVar[Mapping[str, Any] | None] = {
-        "distill.alpha": 0.9,
-        "distill.temperature": 4.0,
-    }
+
+    def off_params(self, ctx: Context) -> Mapping[str, Any]:
+        return {"distill.alpha": 0.0}
+
+    def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
+        return REFERENCE
+
+    def applicability(self, ctx: Context) -> str | None:
+        return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> DistillParams | None:
         alpha = trial.suggest_float("distill.alpha", 0.0, 1.0, step=0.1)

@@ -40,12 +40,22 @@ class PruneParams:
         return f"prune{self.ratio:.2f}"
 
 
+REFERENCE: Mapping[str, Any] = {"prune.ratio": 0.5}
+
+
 class StructuredPruning:
     name: ClassVar[str] = "prune"
     stage: ClassVar[Literal["model"]] = "model"
     changes_weights: ClassVar[bool] = True
-    off_params: ClassVar[Mapping[str, Any]] = {"prune.ratio": 0.0}
-    reference_params: ClassVar[Mapping[str, Any] | None] = {"prune.ratio": 0.5}
+
+    def off_params(self, ctx: Context) -> Mapping[str, Any]:
+        return {"prune.ratio": 0.0}
+
+    def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
+        return REFERENCE
+
+    def applicability(self, ctx: Context) -> str | None:
+        return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> PruneParams | None:
         ratio = trial.suggest_float("prune.ratio", 0.0, MAX_RATIO, step=0.05)

@@ -17,8 +17,9 @@ def ctx(tiny_task, tmp_path):
 def test_off_params_mean_not_applied(name, ctx) -> None:
     technique = TECHNIQUES[name]
     assert technique.name == name
-    assert all(key.startswith(f"{name}.") for key in technique.off_params)
-    assert technique.space(optuna.trial.FixedTrial(dict(technique.off_params)), ctx) is None
+    off = dict(technique.off_params(ctx))
+    assert all(key.startswith(f"{name}.") for key in off)
+    assert technique.space(optuna.trial.FixedTrial(off), ctx) is None
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
@@ -39,7 +40,7 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> 
     from search.runtime import evaluate, export_onnx
 
     technique = TECHNIQUES[name]
-    params_dict = dict(technique.reference_params or {})
+    params_dict = dict(technique.reference_params(ctx) or {})
     if not params_dict:
         trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
         params = None
@@ -74,8 +75,8 @@ def test_registry_lists_stages_in_application_order() -> None:
     assert order == sorted(order)
 
 
-def test_baseline_and_references_cover_every_technique() -> None:
-    first, *others = reference_trials()
-    assert first[0] == baseline_params() and first[1]["baseline"] is True
+def test_baseline_and_references_cover_every_technique(ctx) -> None:
+    first, *others = reference_trials(ctx)
+    assert first[0] == baseline_params(ctx) and first[1]["baseline"] is True
     for params, _ in others:
-        assert set(baseline_params()) <= set(params)
+        assert set(baseline_params(ctx)) <= set(params)

@@ -1,0 +1,127 @@
+"""MobileNet expand ratios: narrow each inverted residual block's hidden layer.
+
+An inverted residual block expands its input ``t`` times with a 1x1 convolution, filters
+it depthwise, and projects it back. A smaller ``t`` keeps fewer hidden channels: the ones
+whose expansion filters have the largest L2 norm. torch-pruning's dependency graph cuts
+them consistently (expansion conv -> BN -> depthwise conv and its groups -> BN ->
+projection input), so the weights are inherited from the trained model, not retrained
+from scratch. One ratio per stage (a block that changes width or resolution and the residual blocks
+after it).
+
+The lever applies to models built from ``InvertedResidual`` blocks (the built-in
+MobileNetV2); for any other model it says so once and stays off.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from search.tasks.mobilenetv2 import InvertedResidual
+from techniques.base import Context, TechniqueError
+
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass(frozen=True)
+class WidthParams:
+    """``expand_ratios[i]``: the expand ratio of stage ``i`` (a stage with t=1 is absent)."""
+
+    expand_ratios: tuple[tuple[int, int], ...]  # (stage index, ratio)
+
+    def __post_init__(self) -> None:
+        for stage, ratio in self.expand_ratios:
+            if ratio < 1:
+                raise TechniqueError(f"width.expand.s{stage}={ratio} must be at least 1")
+
+    @property
+    def label(self) -> str:
+        return "t" + "".join(str(ratio) for _, ratio in self.expand_ratios)
+
+
+def expandable_stages(model: nn.Module) -> list[list[InvertedResidual]]:
+    """Inverted residual blocks with an expansion layer, grouped into stages.
+
+    A stage starts at a block without a residual connection (it changes the width or the
+    resolution) and runs over the residual blocks after it; stages whose blocks have no
+    expansion layer (expand ratio 1) are left out.
+    """
+    stages: list[list[InvertedResidual]] = []
+    for block in (m for m in model.modules() if isinstance(m, InvertedResidual)):
+        if not block.use_residual or not stages:
+            stages.append([])
+        stages[-1].append(block)
+    return [stage for stage in stages if stage[0].expand_ratio > 1]
+
+
+class ExpandRatio:
+    name: ClassVar[str] = "width"
+    stage: ClassVar[Literal["model"]] = "model"
+    changes_weights: ClassVar[bool] = True
+
+    def off_params(self, ctx: Context) -> Mapping[str, Any]:
+        """Every stage at the expand ratio the model was trained with."""
+        stages = expandable_stages(ctx.base_model)
+        return {f"width.expand.s{i}": stage[0].expand_ratio for i, stage in enumerate(stages)}
+
+    def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
+        return None
+
+    def applicability(self, ctx: Context) -> str | None:
+        """Why the lever cannot apply to this model, or None when it can."""
+        if not expandable_stages(ctx.base_model):
+            return "no inverted residual blocks with an expansion layer"
+        return None
+
+    def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> WidthParams | None:
+        stages = expandable_stages(ctx.base_model)
+        ratios = tuple(
+            (index, trial.suggest_int(f"width.expand.s{index}", 1, stage[0].expand_ratio))
+            for index, stage in enumerate(stages)
+        )
+        if all(ratio == stages[index][0].expand_ratio for index, ratio in ratios):
+            return None  # no stage narrowed: the lever is off
+        return WidthParams(ratios)
+
+    def apply(self, model: nn.Module, params: WidthParams, ctx: Context) -> nn.Module:
+        return narrow_expansions(model, ctx.task.example_inputs(1), dict(params.expand_ratios))
+
+
+def narrow_expansions(
+    model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[int, int]
+) -> nn.Module:
+    """A copy of ``model`` whose stage ``i`` blocks keep ``ratios[i] x input`` hidden channels."""
+    import torch_pruning as tp
+
+    narrowed = copy.deepcopy(model).eval()
+    graph = tp.DependencyGraph().build_dependency(narrowed, example_inputs)
+    for index, stage in enumerate(expandable_stages(narrowed)):
+        ratio = ratios.get(index)
+        if ratio is None or ratio >= stage[0].expand_ratio:
+            continue
+        for block in stage:
+            expand_conv = _expand_conv(block)
+            keep = expand_conv.in_channels * ratio
+            drop = _weakest_channels(expand_conv, expand_conv.out_channels - keep)
+            group = graph.get_pruning_group(expand_conv, tp.prune_conv_out_channels, idxs=drop)
+            group.prune()
+            block.expand_ratio = ratio
+    return narrowed.eval()
+
+
+def _expand_conv(block: InvertedResidual) -> nn.Conv2d:
+    conv = block.expand[0]  # type: ignore[index]
+    assert isinstance(conv, nn.Conv2d)
+    return conv
+
+
+def _weakest_channels(conv: nn.Conv2d, count: int) -> Sequence[int]:
+    """Indices of the ``count`` output channels with the smallest L2 filter norm."""
+    norms = conv.weight.detach().flatten(1).norm(dim=1)
+    return sorted(torch.argsort(norms)[:count].tolist())
