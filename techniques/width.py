@@ -49,12 +49,17 @@ def expandable_stages(model: nn.Module) -> list[list[InvertedResidual]]:
     """Inverted residual blocks with an expansion layer, grouped into stages.
 
     A stage starts at a block without a residual connection (it changes the width or the
-    resolution) and runs over the residual blocks after it; stages whose blocks have no
+    resolution) or with another expand ratio, and runs over the residual blocks after it
+    (after rounding, a narrow model's first two stages can share a width); stages with no
     expansion layer (expand ratio 1) are left out.
     """
     stages: list[list[InvertedResidual]] = []
     for block in (m for m in model.modules() if isinstance(m, InvertedResidual)):
-        if not block.use_residual or not stages:
+        if (
+            not stages
+            or not block.use_residual
+            or block.expand_ratio != stages[-1][0].expand_ratio
+        ):
             stages.append([])
         stages[-1].append(block)
     return [stage for stage in stages if stage[0].expand_ratio > 1]
