@@ -15,13 +15,15 @@ from techniques.base import (
     TrainingTechnique,
 )
 from techniques.distillation import KnowledgeDistillation
+from techniques.lowrank import LowRank
 from techniques.pruning import StructuredPruning
 from techniques.quantization import Quantization
 from techniques.width import ExpandRatio
 
 TECHNIQUES: dict[str, Technique] = {
     "width": ExpandRatio(),  # model stage: narrow inverted residual blocks first,
-    "prune": StructuredPruning(),  # then prune what remains
+    "prune": StructuredPruning(),  # then prune what remains,
+    "lowrank": LowRank(),  # then factorise the remaining 1x1 and Linear layers
     "distill": KnowledgeDistillation(),  # training stage
     "quant": Quantization(),  # artifact stage
 }
