@@ -63,8 +63,8 @@ def run(
     threads: Annotated[int, typer.Option(help="Threads for latency measurement (recorded).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Batch size for latency measurement.")] = 1,
     finetune_epochs: Annotated[
-        int, typer.Option(help="Recovery fine-tuning epochs after pruning.")
-    ] = 5,
+        int, typer.Option(help="Recovery fine-tuning epochs after a model-stage lever.")
+    ] = 10,
 ) -> None:
     """Search compressed candidates of a model under a latency budget."""
     from search.config import SearchConfig, parse_latency_ms

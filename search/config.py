@@ -66,7 +66,9 @@ class SearchConfig:
     tracking_uri: str | None = None
     threads: int = 1
     batch_size: int = 1
-    finetune_epochs: int = 5
+    # Ten epochs: on the digits model pruned by half (distilled, four seeds) five epochs gave
+    # 0.969-0.986 validation accuracy, ten gave 0.983-0.992.
+    finetune_epochs: int = 10
     home: Path = field(default_factory=Path.cwd)
 
     def __post_init__(self) -> None:
