@@ -176,10 +176,16 @@ def _summarise(
         for path in files:
             tracker.log_artifact(parent_run_id, path)
     on_front = {t.number for t in front_trials}
+    # Re-tag only runs whose membership may have changed: this invocation's trials and the
+    # previous front. A long study on a remote server would otherwise pay a request per trial.
+    previous = set(study.user_attrs.get("front_trials", []))
+    new_numbers = {t.number for t in new_trials}
     for trial in study.trials:
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and trial.state == optuna.trial.TrialState.COMPLETE:
+        touched = trial.number in new_numbers or trial.number in previous | on_front
+        if run_id and touched and trial.state == optuna.trial.TrialState.COMPLETE:
             tracker.set_tag(run_id, "on_front", trial.number in on_front)
+    study.set_user_attr("front_trials", sorted(on_front))
     tracker.log(
         parent_run_id,
         metrics={

@@ -92,6 +92,9 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     parents, children = runs_of(client, experiment.experiment_id)
     assert len(parents) == 2 and len(children) == 6
     assert sorted(int(r.data.tags[TRIAL_TAG]) for r in children) == list(range(6))
+    front = {row.number for row in again.front}
+    for run in children:  # tags agree with the front after the resume
+        assert run.data.tags["on_front"] == str(int(run.data.tags[TRIAL_TAG]) in front)
 
 
 def test_no_feasible_trial_reports_the_nearest(home, tiny_task) -> None:
