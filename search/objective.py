@@ -274,7 +274,9 @@ class TrialObjective:
                 step=epoch,
             )
 
-        return fit(
+        for step in recipe.prepare:
+            model = step(model)
+        fit(
             model,
             self.task.data("train"),
             epochs=recipe.epochs,
@@ -283,6 +285,9 @@ class TrialObjective:
             distillation=recipe.distillation,
             on_epoch=log_epoch,
         )
+        for step in recipe.finish:
+            model = step(model)
+        return model.eval()
 
 
 def run_name(number: int, plan: dict[str, Any]) -> str:

@@ -40,13 +40,22 @@ class Distillation:
         return self.alpha * t * t * soft + (1 - self.alpha) * hard
 
 
+ModelStep = Callable[[nn.Module], nn.Module]
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How a compressed model is fine-tuned; training-stage techniques refine it."""
+    """How a compressed model is fine-tuned; training-stage techniques refine it.
+
+    ``prepare`` steps run on the model before training (e.g. add LoRA adapters), ``finish``
+    steps after it (e.g. merge them), so what is exported is a plain model again.
+    """
 
     epochs: int
     lr: float
     distillation: Distillation | None = None
+    prepare: tuple[ModelStep, ...] = ()
+    finish: tuple[ModelStep, ...] = ()
 
 
 def fit(
@@ -72,9 +81,8 @@ def fit(
     """
     if epochs == 0:
         return model.eval()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5
-    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5)
     steps = epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))

@@ -15,6 +15,7 @@ from techniques.base import (
     TrainingTechnique,
 )
 from techniques.distillation import KnowledgeDistillation
+from techniques.lora import LoRA
 from techniques.lowrank import LowRank
 from techniques.pruning import StructuredPruning
 from techniques.quantization import Quantization
@@ -25,6 +26,7 @@ TECHNIQUES: dict[str, Technique] = {
     "prune": StructuredPruning(),  # then prune what remains,
     "lowrank": LowRank(),  # then factorise the remaining 1x1 and Linear layers
     "distill": KnowledgeDistillation(),  # training stage
+    "lora": LoRA(),
     "quant": Quantization(),  # artifact stage
 }
 

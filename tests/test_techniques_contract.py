@@ -52,12 +52,18 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> 
     model = tiny_task.build_model()
     if technique.stage == "training":
         from search.training import Recipe, fit
+        from techniques.pruning import prune_channels
 
         plain = Recipe(epochs=1, lr=0.01)
         recipe = technique.configure(plain, params, ctx)
         assert recipe != plain
+        model = prune_channels(model, tiny_task.example_inputs(1), ratio=0.25)
+        for step in recipe.prepare:
+            model = step(model)
         fit(model, tiny_task.data("train"), epochs=1, lr=0.01, loss_fn=tiny_task.loss,
             distillation=recipe.distillation)  # fmt: skip
+        for step in recipe.finish:
+            model = step(model)
         artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
     elif technique.stage == "model":
         model = technique.apply(model, params, ctx)
