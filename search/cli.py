@@ -43,7 +43,7 @@ def run(
     trials: Annotated[
         int | None,
         typer.Option(
-            help="Trials to run in this invocation. [default: 8, or none with --timeout]"
+            help="Trials to run in this invocation (default 8; unlimited with --timeout alone)."
         ),
     ] = None,
     timeout: Annotated[
@@ -51,13 +51,13 @@ def run(
     ] = None,
     study: Annotated[
         str | None,
-        typer.Option(help="Study name; an existing one is resumed. [default: task-budget-device]"),
+        typer.Option(help="Study name; an existing one is resumed (default task-budget-device)."),
     ] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL. [default: sqlite under studies/]")
+        str | None, typer.Option(help="Optuna storage URL (default SQLite in studies/optuna.db).")
     ] = None,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI. [default: sqlite under mlruns/]")
+        str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the sampler and fine-tuning.")] = 0,
     threads: Annotated[int, typer.Option(help="Threads for latency measurement (recorded).")] = 1,
