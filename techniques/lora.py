@@ -111,12 +111,10 @@ def add_adapters(model: nn.Module, rank: int) -> nn.Module:
     """Wrap every adaptable layer in place; freeze everything but adapters and batch norms."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    wrapped = {name for name, m in model.named_modules() if isinstance(m, LoRALayer)}
     for name, module in list(model.named_modules()):
-        if _adaptable(module) and not isinstance(module, LoRALayer):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if not isinstance(parent, LoRALayer):
-                setattr(parent, child, LoRALayer(module, rank))
+        if _adaptable(module) and name.rpartition(".")[0] not in wrapped:
+            model.set_submodule(name, LoRALayer(module, rank))
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
             for parameter in module.parameters():
@@ -128,9 +126,7 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     """Replace every LoRALayer by its merged base layer, in place; all weights trainable."""
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALayer):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.merged())
+            model.set_submodule(name, module.merged())
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model

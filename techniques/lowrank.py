@@ -93,7 +93,7 @@ def factorise(model: nn.Module, *, rank_ratio: float) -> nn.Module:
         in_features, out_features = _features(layer)
         rank = rank_for(in_features, out_features, rank_ratio)
         if rank is not None:
-            _replace(factorised, name, svd_pair(layer, rank))
+            factorised.set_submodule(name, svd_pair(layer, rank))
     return factorised
 
 
@@ -127,9 +127,3 @@ def _features(layer: nn.Linear | nn.Conv2d) -> tuple[int, int]:
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
     return layer.in_channels, layer.out_channels
-
-
-def _replace(model: nn.Module, name: str, replacement: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, replacement)
