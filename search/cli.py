@@ -30,16 +30,40 @@ def _root() -> None:
     """compression-search: an Optuna search over compression levers, tracked in MLflow."""
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="A TOML file with [run] options and [levers] off/fix (command line wins).",
+        dir_okay=False,
+    ),
+]
+OffOption = Annotated[
+    list[str] | None,
+    typer.Option("--off", help="Keep a lever at its off setting, e.g. --off lora (repeatable)."),
+]
+FixOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fix",
+        help="Fix a parameter or lever option, e.g. --fix prune.ratio=0.5 (repeatable).",
+    ),
+]
+TaskOption = Annotated[
+    str | None,
+    typer.Option(help="digits (the default), pkg.module:factory or path/to/file.py:factory."),
+]
+DeviceOption = Annotated[str | None, typer.Option(help="Where latency is measured: cpu or cuda.")]
+
+
 @app.command()
 def run(
     latency_budget: Annotated[
-        str,
+        str | None,
         typer.Option(help="p50 latency a candidate must meet, with a unit: 10ms, 800us, 0.01s."),
-    ],
-    device: Annotated[str, typer.Option(help="Where latency is measured: cpu or cuda.")] = "cpu",
-    task: Annotated[
-        str, typer.Option(help="digits, pkg.module:factory or path/to/file.py:factory.")
-    ] = "digits",
+    ] = None,
+    device: DeviceOption = None,
+    task: TaskOption = None,
     trials: Annotated[
         int | None,
         typer.Option(
@@ -59,46 +83,97 @@ def run(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seeds the sampler and fine-tuning.")] = 0,
-    threads: Annotated[int, typer.Option(help="Threads for latency measurement (recorded).")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Batch size for latency measurement.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seeds the sampler and fine-tuning.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads for latency measurement, recorded (default 1).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size for latency measurement (default 1).")
+    ] = None,
     finetune_epochs: Annotated[
-        int, typer.Option(help="Recovery fine-tuning epochs after a model-stage lever.")
-    ] = 10,
+        int | None,
+        typer.Option(help="Recovery fine-tuning epochs after a model-stage lever (default 10)."),
+    ] = None,
+    config: ConfigOption = None,
+    off: OffOption = None,
+    fix: FixOption = None,
 ) -> None:
     """Search compressed candidates of a model under a latency budget."""
-    from search.config import SearchConfig, parse_latency_ms
+    given = {
+        "latency-budget": latency_budget,
+        "device": device,
+        "task": task,
+        "trials": trials,
+        "timeout": timeout,
+        "study": study,
+        "storage": storage,
+        "tracking-uri": tracking_uri,
+        "seed": seed,
+        "threads": threads,
+        "batch-size": batch_size,
+        "finetune-epochs": finetune_epochs,
+    }
+    from search.config_file import search_config_from
 
-    config = SearchConfig(
-        task=task,
-        latency_budget_ms=parse_latency_ms(latency_budget),
-        device=device,
-        trials=trials if trials is not None else (None if timeout is not None else 8),
-        timeout_s=timeout,
-        seed=seed,
-        study_name=study,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        threads=threads,
-        batch_size=batch_size,
-        finetune_epochs=finetune_epochs,
-        home=Path.cwd(),
-    )
+    file, levers = _levers(config, off, fix)
+    search_config = search_config_from(given, file, levers, home=Path.cwd())
     console = Console()
     from search.report import TrialProgress, print_result
     from search.runner import run_search
     from search.runtime import check_device
     from search.task import load_task
 
-    check_device(config.device)  # fail fast, before the baseline is built
-    loaded = load_task(config.task, cache_dir=config.cache_dir)
+    check_device(search_config.device)  # fail fast, before the baseline is built
+    loaded = load_task(search_config.task, cache_dir=search_config.cache_dir)
+    threads_used = search_config.threads
     console.print(
-        f"search: task {config.task}, budget {latency_budget} p50 on {config.device} "
-        f"({config.threads} thread{'s' if config.threads > 1 else ''}, batch {config.batch_size})"
+        f"search: task {search_config.task}, budget "
+        f"{search_config.latency_budget_ms:g}ms p50 on {search_config.device} "
+        f"({threads_used} thread{'s' if threads_used > 1 else ''}, "
+        f"batch {search_config.batch_size})"
     )
-    with TrialProgress(console, total=config.trials) as progress:
-        result = run_search(config, task=loaded, on_trial=progress)
-    print_result(console, result, config.latency_budget_ms)
+    with TrialProgress(console, total=search_config.trials) as progress:
+        result = run_search(search_config, task=loaded, on_trial=progress)
+    print_result(console, result, search_config.latency_budget_ms)
+
+
+@app.command()
+def space(
+    task: TaskOption = None,
+    device: DeviceOption = None,
+    config: ConfigOption = None,
+    off: OffOption = None,
+    fix: FixOption = None,
+) -> None:
+    """Print the search space for this task and device, with levers off and values fixed.
+
+    Builds (or loads the cached) trained model, as a search would: which levers apply
+    depends on it.
+    """
+    from search.config import SearchConfig
+    from search.report import print_space
+    from search.runner import search_space
+    from search.task import load_task
+
+    file, levers = _levers(config, off, fix)
+    search_config = SearchConfig(
+        task=task or file.run.get("task", "digits"),
+        device=device or file.run.get("device", "cpu"),
+        levers=levers,
+        home=Path.cwd(),
+    )
+    loaded = load_task(search_config.task, cache_dir=search_config.cache_dir)
+    print_space(Console(), search_space(search_config, loaded))
+
+
+def _levers(config: Path | None, off: list[str] | None, fix: list[str] | None) -> tuple:
+    """The config file's contents and its lever settings with the command line's on top."""
+    from search.config_file import load_config_file
+    from search.levers import LeverSettings, parse_assignments
+
+    file = load_config_file(config)
+    given = LeverSettings(off=tuple(off or ()), fixed=parse_assignments(fix or ()))
+    return file, file.levers.merged(given)
 
 
 def main() -> None:

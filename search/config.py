@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from search.errors import ConfigError
+from search.levers import LeverSettings
 
 _UNIT_TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 _LATENCY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|us|µs|s)\s*$")
@@ -52,6 +53,7 @@ class SearchConfig:
         threads: intra-op threads for latency measurement (recorded with every number).
         batch_size: batch size for latency measurement.
         finetune_epochs: recovery fine-tuning epochs after a model-changing technique.
+        levers: levers switched off, parameters fixed, shape options (``search.levers``).
         home: folder that holds ``studies/`` and ``mlruns/`` by default.
     """
 
@@ -69,6 +71,7 @@ class SearchConfig:
     # Ten epochs: on the digits model pruned by half (distilled, four seeds) five epochs gave
     # 0.969-0.986 validation accuracy, ten gave 0.983-0.992.
     finetune_epochs: int = 10
+    levers: LeverSettings = field(default_factory=LeverSettings)
     home: Path = field(default_factory=Path.cwd)
 
     def __post_init__(self) -> None:

@@ -1,9 +1,10 @@
 """One trial, start to end: the only place that knows the order of the techniques.
 
     sample params (each technique, define-by-run)
-    -> model-stage techniques on a copy of the trained model (e.g. pruning)
-    -> recovery fine-tune, if any of them changed weights
-    -> export to ONNX -> artifact-stage techniques (e.g. quantization)
+    -> model-stage techniques on a copy of the trained model (width, pruning, low-rank)
+    -> recovery fine-tune, if any of them changed weights or the scheme is QAT
+       (shaped by distillation, LoRA and QAT's fake quantization)
+    -> export to ONNX -> artifact-stage techniques (fp16 / int8 quantization)
     -> accuracy on the validation split, latency, size: all of the deployed file
     -> constraint (latency budget), Optuna user attrs, MLflow child run
 
@@ -20,7 +21,8 @@ import time
 import traceback
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,6 +58,8 @@ class TrialSettings:
     batch_size: int
     finetune_epochs: int
     seed: int
+    space_names: tuple[str, ...] = ()  # every parameter name of the space, for the record
+    options: Mapping[str, Any] = field(default_factory=dict)  # lever shape options
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class TrialObjective:
             workdir=workdir,
             base_model=self.base_model,
             seed=self.settings.seed,
+            options=self.settings.options,
         )
         plan = sample_plan(trial, ctx)
         run_id = self.link.tracker.start_run(
@@ -116,7 +121,8 @@ class TrialObjective:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("run_name", run_name(trial.number, plan))
         levers = {f"lever.{n}": p.label if p is not None else "off" for n, p in plan.items()}
-        self.link.tracker.log(run_id, params={**trial.params, **levers})
+        listed = every_parameter(trial.params, plan, self.settings.space_names)
+        self.link.tracker.log(run_id, params={**listed, **levers})
         duplicate = find_duplicate(trial)
         if duplicate is not None:
             return self._reuse(trial, duplicate, run_id)
@@ -203,7 +209,7 @@ class TrialObjective:
         kept for the next ``MODEL_CACHE_SIZE`` distinct model stages. The fine-tuning seed
         comes from those parameters, so the same model stage gets the same weights.
         """
-        key = trained_model_key(trial.params)
+        key = trained_model_key(trial.params, plan)
         cached = self._models.get(key)
         if cached is not None:
             number, model = cached
@@ -211,16 +217,19 @@ class TrialObjective:
             trial.set_user_attr("finetuned_in_trial", number)
             return model
         torch.manual_seed(self.settings.seed + zlib.crc32(key.encode()))
-        model, changed_weights = self.base_model, False
+        model = self.base_model
         for name, technique in model_techniques():
             if plan[name] is not None:
                 model = technique.apply(model, plan[name], ctx)
-                changed_weights |= technique.changes_weights
-        if changed_weights:
+        if fine_tunes(plan):
+            model = copy.deepcopy(model) if model is self.base_model else model
             recipe = Recipe(epochs=self.settings.finetune_epochs, lr=FINETUNE_LR)
             for name, training in training_techniques():
                 if plan[name] is not None:
                     recipe = training.configure(recipe, plan[name], ctx)
+            for name, artifact in artifact_techniques():  # QAT: innermost, first to finish
+                if plan[name] is not None:
+                    recipe = artifact.configure(recipe, plan[name], ctx)
             model = self._fine_tune(model, recipe, run_id)
         self._models[key] = (trial.number, model)
         while len(self._models) > MODEL_CACHE_SIZE:
@@ -312,28 +321,70 @@ def artifact_techniques() -> list[tuple[str, ArtifactTechnique]]:
     return _of_stage("artifact")
 
 
+def fine_tunes(plan: dict[str, Any]) -> bool:
+    """Whether this plan fine-tunes before export: a model lever changed weights, or QAT."""
+    return any(
+        plan[name] is not None and technique.changes_weights
+        for name, technique in model_techniques()
+    ) or any(
+        plan[name] is not None and technique.fine_tunes(plan[name])
+        for name, technique in artifact_techniques()
+    )
+
+
 def sample_plan(trial: optuna.trial.BaseTrial, ctx: Context) -> dict[str, Any]:
     """Each technique's params (None: off), define-by-run, stage by stage.
 
-    Training-stage levers are sampled only when a model-stage lever changed the weights:
-    without a fine-tune they would be parameters that do nothing.
+    Model and artifact levers first; training-stage levers only when the plan fine-tunes
+    (a model lever changed the weights, or the scheme is QAT): without a fine-tune they
+    would be parameters that do nothing. The returned dict is in application order.
     """
     plan = {name: technique.space(trial, ctx) for name, technique in model_techniques()}
-    fine_tunes = any(
-        plan[name] is not None and technique.changes_weights
-        for name, technique in model_techniques()
-    )
-    for name, training in training_techniques():
-        plan[name] = training.space(trial, ctx) if fine_tunes else None
     for name, artifact in artifact_techniques():
         plan[name] = artifact.space(trial, ctx)
-    return plan
+    tunes = fine_tunes(plan)
+    for name, training in training_techniques():
+        plan[name] = training.space(trial, ctx) if tunes else None
+    return {name: plan[name] for name in TECHNIQUES}
 
 
-def trained_model_key(params: dict[str, Any]) -> str:
-    """The parameters that shape the fine-tuned model before export, as a stable string."""
-    prefixes = tuple(f"{n}." for n, t in TECHNIQUES.items() if t.stage in ("model", "training"))
+def trained_model_key(params: dict[str, Any], plan: dict[str, Any]) -> str:
+    """The parameters that shape the fine-tuned model before export, as a stable string.
+
+    Model- and training-stage parameters, plus an artifact lever's when it fine-tunes (QAT
+    trains for its int8 format, so another format needs another model).
+    """
+    shaping = [n for n, t in TECHNIQUES.items() if t.stage in ("model", "training")]
+    shaping += [
+        name
+        for name, technique in artifact_techniques()
+        if plan.get(name) is not None and technique.fine_tunes(plan[name])
+    ]
+    prefixes = tuple(f"{name}." for name in shaping)
     return ";".join(f"{k}={params[k]!r}" for k in sorted(params) if k.startswith(prefixes))
+
+
+NOT_APPLICABLE = "n/a"
+LEVER_OFF = "off"
+
+
+def every_parameter(
+    params: dict[str, Any], plan: dict[str, Any], names: tuple[str, ...]
+) -> dict[str, Any]:
+    """Every parameter of every lever, for the run's record: sampled values as they are.
+
+    A parameter this trial did not sample reads ``off`` when its lever is off here and
+    ``n/a`` when the lever is on but the parameter does not apply to the chosen setting
+    (say, ``quant.calibration`` under fp16), so every run has the same columns.
+    """
+    listed: dict[str, Any] = {}
+    for name in names:
+        lever = name.partition(".")[0]
+        if name in params:
+            listed[name] = params[name]
+        else:
+            listed[name] = LEVER_OFF if plan.get(lever) is None else NOT_APPLICABLE
+    return {**listed, **params}
 
 
 def baseline_params(ctx: Context) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import optuna
 
+    from search.levers import SpaceRow
     from search.pareto import FrontRow
     from search.runner import SearchResult
 
@@ -134,3 +135,38 @@ def print_result(console: Console, result: SearchResult, budget_ms: float) -> No
 
 def _ratio(value: float | None, *, fmt: str, scale: float = 1.0) -> str:
     return "-" if value is None else fmt.format(value * scale)
+
+
+def print_space(console: Console, described: tuple[list[SpaceRow], dict[str, str]]) -> None:
+    """The effective search space as a table, in application order, then what is skipped."""
+    rows, skipped = described
+    table = Table(title="Search space", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("lever", no_wrap=True)
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("values", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    for row in rows:
+        style = "dim" if row.status == "off" else None
+        table.add_row(row.lever, row.name, row.domain, row.status, style=style)
+    console.print(table)
+    for lever, why in skipped.items():
+        console.print(f"lever {lever}: not applicable ({why})")
+    console.print(f"order: {application_order()}")
+
+
+def application_order() -> str:
+    """The order a trial applies the levers in, read from the registry."""
+    from techniques import TECHNIQUES
+
+    by_stage = {
+        stage: [name for name, t in TECHNIQUES.items() if t.stage == stage]
+        for stage in ("model", "training", "artifact")
+    }
+    return " -> ".join(
+        [
+            *by_stage["model"],
+            f"fine-tune ({', '.join(by_stage['training'])}, QAT) if weights changed or QAT",
+            "export",
+            *by_stage["artifact"],
+        ]
+    )

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 from torch import nn
@@ -19,6 +20,14 @@ from torch import nn
 from search.config import SearchConfig, format_ms
 from search.errors import TaskError
 from search.latency import hardware_fingerprint
+from search.levers import (
+    SpaceRow,
+    check_levers_and_options,
+    constrain_references,
+    explore_space,
+    resolve,
+    space_rows,
+)
 from search.objective import RunLink, TrialObjective, TrialSettings, reference_trials
 from search.pareto import FrontRow, nearest_trials, pareto_front, to_rows, write_csv, write_plots
 from search.runtime import check_device
@@ -59,16 +68,11 @@ def run_search(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    base_model = _build_model(task, config.task)  # before anything is written
-    ctx = Context(
-        task=task,
-        device=config.device,
-        workdir=config.studies_dir,
-        base_model=base_model,
-        seed=config.seed,
-    )
-    notes = not_applicable(ctx)
-    study = open_study(config, task.name, reference_trials(ctx))
+    prepared = prepare_space(config, task)  # a bad model or --fix fails before any write
+    ctx, notes, fixed = prepared.ctx, prepared.not_applicable, prepared.fixed
+    base_model = ctx.base_model
+    references = constrain_references(reference_trials(ctx), fixed)
+    study = open_study(config, task.name, references, fixed)
     local_store = config.tracking_uri is None
     tracker = Tracker(
         config.mlflow_uri, artifact_root=config.mlruns_dir / "artifacts" if local_store else None
@@ -84,7 +88,8 @@ def run_search(
     tracker.log(
         parent_run_id,
         params={
-            **{k: v for k, v in asdict(config).items() if k not in ("home", "storage")},
+            **{k: v for k, v in asdict(config).items() if k not in ("home", "storage", "levers")},
+            **config.levers.describe(),
             "storage": redact_url(config.storage_url),
             "latency_budget": format_ms(config.latency_budget_ms),
             "study_name": study.study_name,
@@ -104,6 +109,8 @@ def run_search(
             batch_size=config.batch_size,
             finetune_epochs=config.finetune_epochs,
             seed=config.seed,
+            space_names=tuple(prepared.space),
+            options=ctx.options,
         )
         link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
         with tempfile.TemporaryDirectory(prefix="search-") as scratch:
@@ -124,6 +131,40 @@ def run_search(
         result = _summarise(study, tracker, experiment_id, parent_run_id, trials_before, config)
         tracker.end_run(parent_run_id, status)
     return replace(result, not_applicable=notes)
+
+
+@dataclass(frozen=True)
+class PreparedSpace:
+    """The trained model in a context, and the space the user's lever settings leave."""
+
+    ctx: Context
+    not_applicable: dict[str, str]  # lever -> why it cannot act on this model
+    space: dict[str, Any]  # every parameter name -> its Optuna distribution
+    fixed: dict[str, Any]  # parameter -> value pinned by --off / --fix
+
+
+def prepare_space(config: SearchConfig, task: Task) -> PreparedSpace:
+    """Build the model, find which levers apply and the space, check the lever settings."""
+    check_levers_and_options(config.levers)
+    base_model = _build_model(task, config.task)
+    ctx = Context(
+        task=task,
+        device=config.device,
+        workdir=config.studies_dir,
+        base_model=base_model,
+        seed=config.seed,
+        options=config.levers.options(),
+    )
+    notes = not_applicable(ctx)
+    space = explore_space(ctx)
+    return PreparedSpace(ctx, notes, space, resolve(config.levers, ctx, space))
+
+
+def search_space(config: SearchConfig, task: Task) -> tuple[list[SpaceRow], dict[str, str]]:
+    """What ``search space`` prints: the effective space and the levers that do not apply."""
+    prepared = prepare_space(config, task)
+    rows = space_rows(prepared.ctx, prepared.space, prepared.fixed, config.levers.off)
+    return rows, prepared.not_applicable
 
 
 def not_applicable(ctx: Context) -> dict[str, str]:

@@ -14,6 +14,7 @@ import optuna
 
 from search.config import SearchConfig, format_ms
 from search.errors import StudyError
+from search.levers import fixing_sampler
 
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 OBJECTIVE_NAMES = ("accuracy", "latency_p50_ms", "size_mb")
@@ -51,13 +52,15 @@ def open_study(
     config: SearchConfig,
     task_name: str,
     first_trials: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    fixed: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
     """Create the study, or resume it if its identity matches this run's.
 
     The sampler is reseeded with the seed plus the number of trials already in the study,
     so a resumed study does not replay the random start-up suggestions it already tried.
     On a new study ``first_trials`` (params, user attrs) are enqueued: the uncompressed
-    baseline as trial 0, then single-lever references.
+    baseline as trial 0, then single-lever references. ``fixed`` parameters are pinned
+    for the trials this invocation samples (``search.levers``).
     """
     storage = make_storage(config.storage_url)
     name = config.resolved_study_name(task_name)
@@ -68,8 +71,11 @@ def open_study(
         known_trials = existing[name].n_trials
     else:
         known_trials = 0
-    sampler = optuna.samplers.TPESampler(
-        seed=config.seed + known_trials, n_startup_trials=TPE_STARTUP_TRIALS
+    sampler = fixing_sampler(
+        optuna.samplers.TPESampler(
+            seed=config.seed + known_trials, n_startup_trials=TPE_STARTUP_TRIALS
+        ),
+        fixed or {},
     )
     study = optuna.create_study(
         study_name=name,

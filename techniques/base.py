@@ -4,8 +4,9 @@ Three kinds exist, by what they act on, applied in this order:
 
 * a ``ModelTechnique`` changes the PyTorch model before export (expand ratios, pruning,
   low-rank); when one changes the weights the trial fine-tunes before export;
-* a ``TrainingTechnique`` changes that fine-tuning (distillation; later LoRA, QAT);
-* an ``ArtifactTechnique`` rewrites the exported ONNX file (quantization).
+* a ``TrainingTechnique`` changes that fine-tuning (distillation, LoRA);
+* an ``ArtifactTechnique`` rewrites the exported ONNX file (quantization); it may also ask
+  for a fine-tune and shape it (quantization-aware training simulates int8 in it).
 
 Each declares its parameters define-by-run under its own prefix (``prune.ratio``) with
 ``trial.suggest_*`` only, returns a frozen, validated params dataclass, or None when the
@@ -16,7 +17,7 @@ lever is off in this trial. Replaying a finished trial uses the same code with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -43,6 +44,8 @@ class Context:
         workdir: a folder private to the current trial for intermediate files.
         base_model: the uncompressed trained model (a teacher; never modified).
         seed: for anything random inside a technique.
+        options: the user's choices of how a lever is shaped (not searched), by their
+            namespaced name, e.g. ``{"width.per": "block"}``; see each ``options``.
     """
 
     task: Task
@@ -50,11 +53,14 @@ class Context:
     workdir: Path
     base_model: nn.Module
     seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ModelTechnique(Protocol):
     name: ClassVar[str]
     stage: ClassVar[Literal["model"]]
+    # Shape options a user may set (not searched): name -> allowed values, first the default.
+    options: ClassVar[Mapping[str, tuple[Any, ...]]]
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
         """The parameters that leave the model unchanged (together: the baseline)."""
@@ -86,6 +92,7 @@ class TrainingTechnique(Protocol):
 
     name: ClassVar[str]
     stage: ClassVar[Literal["training"]]
+    options: ClassVar[Mapping[str, tuple[Any, ...]]]
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]: ...
 
@@ -103,6 +110,7 @@ class TrainingTechnique(Protocol):
 class ArtifactTechnique(Protocol):
     name: ClassVar[str]
     stage: ClassVar[Literal["artifact"]]
+    options: ClassVar[Mapping[str, tuple[Any, ...]]]
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]: ...
 
@@ -111,6 +119,14 @@ class ArtifactTechnique(Protocol):
     def applicability(self, ctx: Context) -> str | None: ...
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
+
+    def fine_tunes(self, params: Any) -> bool:
+        """True when these params need a fine-tune before export (e.g. QAT)."""
+        ...
+
+    def configure(self, recipe: Recipe, params: Any, ctx: Context) -> Recipe:
+        """The fine-tune recipe with this technique's part set (unchanged if none)."""
+        ...
 
     def apply(self, artifact: Artifact, params: Any, ctx: Context) -> Artifact:
         """Write a new file in ``ctx.workdir`` and return it; the input file is kept."""

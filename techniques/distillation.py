@@ -47,6 +47,7 @@ REFERENCE: Mapping[str, Any] = {
 class KnowledgeDistillation:
     name: ClassVar[str] = "distill"
     stage: ClassVar[Literal["training"]] = "training"
+    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
         return {"distill.alpha": 0.0}

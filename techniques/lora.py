@@ -41,6 +41,7 @@ class LoRAParams:
 class LoRA:
     name: ClassVar[str] = "lora"
     stage: ClassVar[Literal["training"]] = "training"
+    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
         return {"lora.rank": 0}

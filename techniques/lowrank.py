@@ -43,6 +43,7 @@ class LowRankParams:
 class LowRank:
     name: ClassVar[str] = "lowrank"
     stage: ClassVar[Literal["model"]] = "model"
+    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
     changes_weights: ClassVar[bool] = True
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:

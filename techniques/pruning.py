@@ -1,14 +1,25 @@
 """Structured channel pruning that physically removes channels (via torch-pruning).
 
 The dependency graph finds what must be cut together (a conv's output channels, its batch
-norm, the next layer's inputs, depthwise groups, residual sums); L2 magnitude decides what
-to cut; the ratio is searched. Channel counts are rounded to multiples of 8 because odd
-counts ran slower in ONNX Runtime than the unpruned model.
+norm, the next layer's inputs, depthwise groups, residual sums). Three things are searched:
+
+* ``prune.ratio``: the share of channels removed;
+* ``prune.importance``: what ranks channels: ``magnitude`` (L2 norm of the group's
+  weights), ``taylor`` (|weight x gradient| on a few training batches: the first-order
+  loss change of removing the channel) or ``bn-scale`` (|gamma| of the batch norm after
+  the layer, as in Network Slimming);
+* ``prune.scope``: ``layer`` removes the ratio from every layer alike; ``global`` ranks
+  all channels against each other (importances normalised per group) so sensitive layers
+  keep more and redundant ones lose more, each layer keeping at least a fifth.
+
+Channel counts are rounded to multiples of 8 because odd counts ran slower in ONNX Runtime
+than the unpruned model.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -21,31 +32,53 @@ from techniques.base import Context, TechniqueError
 if TYPE_CHECKING:
     import optuna
 
+    from search.task import Task
+
 MAX_RATIO = 0.7
 ROUND_TO = 8
+IMPORTANCES = ("magnitude", "taylor", "bn-scale")
+SCOPES = ("layer", "global")
+# Global pruning may empty a layer that ranks low everywhere; keep at least a fifth.
+MAX_LAYER_RATIO = 0.8
+TAYLOR_BATCHES = 4
 
 
 @dataclass(frozen=True)
 class PruneParams:
-    """``ratio``: share of channels removed from every prunable layer, in [0, 1)."""
+    """``ratio`` of channels removed, in [0, 1), ranked by ``importance`` within ``scope``."""
 
     ratio: float
+    importance: str = "magnitude"
+    scope: str = "layer"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise TechniqueError(f"prune.ratio={self.ratio} must be in [0, 1), e.g. 0.5")
+        if self.importance not in IMPORTANCES:
+            raise TechniqueError(
+                f"prune.importance={self.importance!r} is unknown: use one of {IMPORTANCES}"
+            )
+        if self.scope not in SCOPES:
+            raise TechniqueError(f"prune.scope={self.scope!r} is unknown: use one of {SCOPES}")
 
     @property
     def label(self) -> str:
-        return f"prune{self.ratio:.2f}"
+        importance = {"magnitude": "", "taylor": "-tay", "bn-scale": "-bn"}[self.importance]
+        scope = "-g" if self.scope == "global" else ""
+        return f"prune{self.ratio:.2f}{importance}{scope}"
 
 
-REFERENCE: Mapping[str, Any] = {"prune.ratio": 0.5}
+REFERENCE: Mapping[str, Any] = {
+    "prune.ratio": 0.5,
+    "prune.importance": "magnitude",
+    "prune.scope": "layer",
+}
 
 
 class StructuredPruning:
     name: ClassVar[str] = "prune"
     stage: ClassVar[Literal["model"]] = "model"
+    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
     changes_weights: ClassVar[bool] = True
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
@@ -59,32 +92,73 @@ class StructuredPruning:
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> PruneParams | None:
         ratio = trial.suggest_float("prune.ratio", 0.0, MAX_RATIO, step=0.05)
-        return PruneParams(ratio) if ratio > 0 else None
+        if ratio == 0:
+            return None
+        return PruneParams(
+            round(ratio, 6),
+            importance=trial.suggest_categorical("prune.importance", IMPORTANCES),
+            scope=trial.suggest_categorical("prune.scope", SCOPES),
+        )
 
     def apply(self, model: nn.Module, params: PruneParams, ctx: Context) -> nn.Module:
-        return prune_channels(model, ctx.task.example_inputs(1), ratio=params.ratio)
+        return prune_channels(
+            model,
+            ctx.task.example_inputs(1),
+            ratio=params.ratio,
+            importance=params.importance,
+            scope=params.scope,
+            task=ctx.task,
+        )
 
 
-def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float) -> nn.Module:
-    """A copy of ``model`` with ``ratio`` of each layer's channels removed by L2 magnitude.
+def prune_channels(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    ratio: float,
+    importance: str = "magnitude",
+    scope: str = "layer",
+    task: Task | None = None,
+) -> nn.Module:
+    """A copy of ``model`` with ``ratio`` of its channels removed.
 
-    The output layer is never pruned: its width is the number of classes.
+    The output layer is never pruned: its width is the number of classes. ``taylor`` needs
+    ``task`` for a few training batches to take gradients on.
     """
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model).eval()
     # ignored_layers must name modules of the copy, not of the original.
     ignored = [output_layer(pruned)]
+    criteria = {
+        "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
+        "taylor": lambda: tp.importance.TaylorImportance(),
+        "bn-scale": lambda: tp.importance.BNScaleImportance(),
+    }
     pruner = tp.pruner.MetaPruner(
         pruned,
         example_inputs,
-        importance=tp.importance.MagnitudeImportance(p=2),
+        importance=criteria[importance](),
         pruning_ratio=ratio,
+        global_pruning=scope == "global",
+        max_pruning_ratio=MAX_LAYER_RATIO,
         ignored_layers=ignored,
         round_to=ROUND_TO,
     )
+    if importance == "taylor":
+        if task is None:
+            raise TechniqueError("prune.importance='taylor' needs training data for gradients")
+        _accumulate_gradients(pruned, task)
     pruner.step()
+    pruned.zero_grad(set_to_none=True)
     return pruned.eval()
+
+
+def _accumulate_gradients(model: nn.Module, task: Task) -> None:
+    """Sum the task loss's gradients over a few training batches (eval mode: BN frozen)."""
+    model.zero_grad(set_to_none=True)
+    for inputs, targets in itertools.islice(task.data("train"), TAYLOR_BATCHES):
+        task.loss(model(inputs), targets).backward()
 
 
 def output_layer(model: nn.Module) -> nn.Module:

@@ -1,4 +1,12 @@
-"""Post-training quantization of the exported ONNX model with ONNX Runtime's tools.
+"""Number formats for the exported ONNX model: fp16, and int8 by ONNX Runtime's tools.
+
+Schemes: ``fp32`` (the lever off); ``fp16`` (weights and arithmetic in half precision,
+inputs and outputs kept float32); ``int8-dynamic`` (weights int8, activations quantized on
+the fly); ``int8-static`` (QDQ, activation ranges calibrated on training data, per-tensor or
+per-channel weights); ``int8-qat`` (the same QDQ graph, but the recovery fine-tune ran
+through fake quantization first, see ``techniques.fake_quant``, so the weights are trained
+for their grid). Only schemes the target can run are offered: on CUDA, ONNX Runtime has no
+kernel for the ConvInteger that int8-dynamic writes, so it would silently time the CPU.
 
 Whether int8 pays depends on the target's kernels, not on a rule: on an AVX2 CPU without
 VNNI, QDQ per-channel with uint8 activations was 1.4x faster than fp32 while the default
@@ -16,19 +24,27 @@ import contextlib
 import io
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from search.runtime import INPUT_NAME, Artifact
+from search.training import Recipe
 from techniques.base import Context, TechniqueError
+from techniques.fake_quant import FakeQuantSpec, insert_fake_quant, remove_fake_quant
 
 if TYPE_CHECKING:
     import optuna
     from torch.utils.data import DataLoader
 
-SCHEMES = ("fp32", "int8-dynamic", "int8-static")
+SCHEMES = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-qat")
+SCHEMES_BY_DEVICE = {
+    "cpu": SCHEMES,
+    "cuda": ("fp32", "fp16", "int8-static", "int8-qat"),
+}
+INT8_QDQ = ("int8-static", "int8-qat")
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_SAMPLES = 256
@@ -36,7 +52,7 @@ CALIBRATION_SAMPLES = 256
 
 @dataclass(frozen=True)
 class QuantParams:
-    """A quantization scheme; the static options only matter for ``int8-static``."""
+    """A number format; the static options only matter for the QDQ schemes (static, QAT)."""
 
     scheme: str
     per_channel: bool = True
@@ -59,14 +75,20 @@ class QuantParams:
     @property
     def label(self) -> str:
         """Short human name for run names and tables, e.g. ``int8s-pc-u8``."""
-        if self.scheme == "fp32":
-            return "fp32"
+        if self.scheme in ("fp32", "fp16"):
+            return self.scheme
         if self.scheme == "int8-dynamic":
             return "int8d"
         granularity = "pc" if self.per_channel else "pt"
         activation = "u8" if self.activation_type == "uint8" else "s8"
         reduced = "-r7" if self.reduce_range else ""
-        return f"int8s-{granularity}-{activation}{reduced}-{self.calibration}"
+        kind = "int8qat" if self.scheme == "int8-qat" else "int8s"
+        return f"{kind}-{granularity}-{activation}{reduced}-{self.calibration}"
+
+    @property
+    def fake_quant(self) -> FakeQuantSpec:
+        """What QAT simulates: the weight and activation format of the final QDQ graph."""
+        return FakeQuantSpec(self.per_channel, self.activation_type, self.reduce_range)
 
 
 # Per-channel weights, because folding batch norm into depthwise convolutions leaves
@@ -88,6 +110,7 @@ REFERENCE: Mapping[str, Any] = {
 class Quantization:
     name: ClassVar[str] = "quant"
     stage: ClassVar[Literal["artifact"]] = "artifact"
+    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
         return {"quant.scheme": "fp32"}
@@ -99,10 +122,10 @@ class Quantization:
         return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> QuantParams | None:
-        scheme = trial.suggest_categorical("quant.scheme", SCHEMES)
+        scheme = trial.suggest_categorical("quant.scheme", SCHEMES_BY_DEVICE[ctx.device])
         if scheme == "fp32":
             return None
-        if scheme == "int8-dynamic":
+        if scheme not in INT8_QDQ:
             return QuantParams(scheme)
         return QuantParams(
             scheme,
@@ -110,6 +133,21 @@ class Quantization:
             activation_type=trial.suggest_categorical("quant.activation_type", ACTIVATION_TYPES),
             calibration=trial.suggest_categorical("quant.calibration", CALIBRATION_METHODS),
             reduce_range=trial.suggest_categorical("quant.reduce_range", (False, True)),
+        )
+
+    def fine_tunes(self, params: QuantParams) -> bool:
+        """QAT needs a fine-tune to happen in, even when no model-stage lever asked for one."""
+        return params.scheme == "int8-qat"
+
+    def configure(self, recipe: Recipe, params: QuantParams, ctx: Context) -> Recipe:
+        """For QAT: fake quantization around the fine-tune (inside LoRA, snapped before merge)."""
+        if not self.fine_tunes(params):
+            return recipe
+        spec = params.fake_quant
+        return replace(
+            recipe,
+            prepare=(*recipe.prepare, lambda model: insert_fake_quant(model, spec)),
+            finish=(remove_fake_quant, *recipe.finish),
         )
 
     def apply(self, artifact: Artifact, params: QuantParams, ctx: Context) -> Artifact:
@@ -138,7 +176,9 @@ def _quantize(artifact: Artifact, params: QuantParams, calibration: DataLoader) 
     # Shape inference and graph clean-up; quantize_dynamic fails on some graphs without it.
     quant_pre_process(str(artifact.path), str(prepared), skip_symbolic_shape=True)
     output = artifact.path.with_suffix(f".{params.label}.onnx")
-    if params.scheme == "int8-dynamic":
+    if params.scheme == "fp16":
+        _to_fp16(prepared, output)
+    elif params.scheme == "int8-dynamic":
         quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8)
     else:
         methods = {
@@ -160,6 +200,15 @@ def _quantize(artifact: Artifact, params: QuantParams, calibration: DataLoader) 
         )
     prepared.unlink(missing_ok=True)
     return Artifact(path=output, scheme=params.scheme)
+
+
+def _to_fp16(source: Path, output: Path) -> None:
+    """Half-precision weights and arithmetic; the model's inputs and outputs stay float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(half, str(output))
 
 
 class _CalibrationReader:

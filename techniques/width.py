@@ -5,8 +5,9 @@ it depthwise, and projects it back. A smaller ``t`` keeps fewer hidden channels:
 whose expansion filters have the largest L2 norm. torch-pruning's dependency graph cuts
 them consistently (expansion conv -> BN -> depthwise conv and its groups -> BN ->
 projection input), so the weights are inherited from the trained model, not retrained
-from scratch. One ratio per stage (a block that changes width or resolution and the residual blocks
-after it).
+from scratch. One ratio per stage (a block that changes width or resolution and the residual
+blocks after it: ``width.expand.s<i>``) by default, or one per block (``width.expand.b<j>``)
+with the option ``width.per = "block"``: finer, at the price of a larger space.
 
 The lever applies to models built from ``InvertedResidual`` blocks (the built-in
 MobileNetV2); for any other model it says so once and stays off.
@@ -33,12 +34,13 @@ if TYPE_CHECKING:
 class WidthParams:
     """``expand_ratios[i]``: the expand ratio of stage ``i`` (a stage with t=1 is absent)."""
 
-    expand_ratios: tuple[tuple[int, int], ...]  # (stage index, ratio)
+    expand_ratios: tuple[tuple[int, int], ...]  # (group index, ratio)
+    per: str = "stage"  # what a group is: a stage or a single block
 
     def __post_init__(self) -> None:
-        for stage, ratio in self.expand_ratios:
+        for group, ratio in self.expand_ratios:
             if ratio < 1:
-                raise TechniqueError(f"width.expand.s{stage}={ratio} must be at least 1")
+                raise TechniqueError(f"{param_name(self.per, group)}={ratio} must be at least 1")
 
     @property
     def label(self) -> str:
@@ -65,15 +67,32 @@ def expandable_stages(model: nn.Module) -> list[list[InvertedResidual]]:
     return [stage for stage in stages if stage[0].expand_ratio > 1]
 
 
+GRANULARITIES = ("stage", "block")
+
+
+def expandable_groups(model: nn.Module, per: str) -> list[list[InvertedResidual]]:
+    """The blocks that share one expand ratio: whole stages, or each block alone."""
+    stages = expandable_stages(model)
+    if per == "block":
+        return [[block] for stage in stages for block in stage]
+    return stages
+
+
+def param_name(per: str, index: int) -> str:
+    return f"width.expand.{per[0]}{index}"
+
+
 class ExpandRatio:
     name: ClassVar[str] = "width"
     stage: ClassVar[Literal["model"]] = "model"
+    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {"width.per": GRANULARITIES}
     changes_weights: ClassVar[bool] = True
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
-        """Every stage at the expand ratio the model was trained with."""
-        stages = expandable_stages(ctx.base_model)
-        return {f"width.expand.s{i}": stage[0].expand_ratio for i, stage in enumerate(stages)}
+        """Every group at the expand ratio the model was trained with."""
+        per = _per(ctx)
+        groups = expandable_groups(ctx.base_model, per)
+        return {param_name(per, i): group[0].expand_ratio for i, group in enumerate(groups)}
 
     def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
         return None
@@ -85,32 +104,46 @@ class ExpandRatio:
         return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> WidthParams | None:
-        stages = expandable_stages(ctx.base_model)
+        per = _per(ctx)
+        groups = expandable_groups(ctx.base_model, per)
         ratios = tuple(
-            (index, trial.suggest_int(f"width.expand.s{index}", 1, stage[0].expand_ratio))
-            for index, stage in enumerate(stages)
+            (index, trial.suggest_int(param_name(per, index), 1, group[0].expand_ratio))
+            for index, group in enumerate(groups)
         )
-        if all(ratio == stages[index][0].expand_ratio for index, ratio in ratios):
-            return None  # no stage narrowed: the lever is off
-        return WidthParams(ratios)
+        if all(ratio == groups[index][0].expand_ratio for index, ratio in ratios):
+            return None  # no group narrowed: the lever is off
+        return WidthParams(ratios, per)
 
     def apply(self, model: nn.Module, params: WidthParams, ctx: Context) -> nn.Module:
-        return narrow_expansions(model, ctx.task.example_inputs(1), dict(params.expand_ratios))
+        return narrow_expansions(
+            model, ctx.task.example_inputs(1), dict(params.expand_ratios), per=params.per
+        )
+
+
+def _per(ctx: Context) -> str:
+    per = ctx.options.get("width.per", GRANULARITIES[0])
+    if per not in GRANULARITIES:
+        raise TechniqueError(f"width.per={per!r} is unknown: use one of {GRANULARITIES}")
+    return str(per)
 
 
 def narrow_expansions(
-    model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[int, int]
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    ratios: Mapping[int, int],
+    *,
+    per: str = "stage",
 ) -> nn.Module:
-    """A copy of ``model`` whose stage ``i`` blocks keep ``ratios[i] x input`` hidden channels."""
+    """A copy of ``model`` whose group ``i`` blocks keep ``ratios[i] x input`` hidden channels."""
     import torch_pruning as tp
 
     narrowed = copy.deepcopy(model).eval()
     graph = tp.DependencyGraph().build_dependency(narrowed, example_inputs)
-    for index, stage in enumerate(expandable_stages(narrowed)):
+    for index, group in enumerate(expandable_groups(narrowed, per)):
         ratio = ratios.get(index)
-        if ratio is None or ratio >= stage[0].expand_ratio:
+        if ratio is None or ratio >= group[0].expand_ratio:
             continue
-        for block in stage:
+        for block in group:
             expand_conv = _expand_conv(block)
             keep = expand_conv.in_channels * ratio
             drop = _weakest_channels(expand_conv, expand_conv.out_channels - keep)

@@ -59,3 +59,52 @@ def test_channel_counts_are_multiples_of_8() -> None:
 def test_bad_ratio_is_refused(ratio: float) -> None:
     with pytest.raises(TechniqueError, match=r"prune\.ratio"):
         PruneParams(ratio)
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor", "bn-scale"])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_every_importance_and_scope_prunes_to_a_runnable_model(
+    importance: str, scope: str, tiny_task
+) -> None:
+    model, x = tiny_task.build_model(), tiny_task.example_inputs(1)
+    pruned = prune_channels(
+        model, x, ratio=0.5, importance=importance, scope=scope, task=tiny_task
+    )
+    assert pruned(tiny_task.example_inputs(3)).shape == (3, 10)
+    share = count_macs_and_params(pruned, x)[0] / count_macs_and_params(model, x)[0]
+    assert share < 0.8, share
+    assert all(p.grad is None for p in pruned.parameters())
+
+
+def test_global_scope_prunes_layers_unevenly(tiny_task) -> None:
+    """Per-layer keeps every layer's share alike; global ranking lets the shares differ."""
+    model, x = tiny_task.build_model(), tiny_task.example_inputs(1)
+
+    def kept_shares(pruned: nn.Module) -> set[float]:
+        before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        return {
+            round(m.out_channels / before[n], 2)
+            for n, m in pruned.named_modules()
+            if isinstance(m, nn.Conv2d) and m.groups == 1 and before[n] >= 32
+        }
+
+    per_layer = prune_channels(model, x, ratio=0.5, scope="layer")
+    global_ = prune_channels(model, x, ratio=0.5, scope="global")
+    assert len(kept_shares(global_)) > len(kept_shares(per_layer))
+
+
+def test_taylor_ranks_by_gradient_so_it_differs_from_magnitude(tiny_task) -> None:
+    model, x = tiny_task.build_model(), tiny_task.example_inputs(1)
+    by_magnitude = prune_channels(model, x, ratio=0.5, importance="magnitude")
+    by_taylor = prune_channels(model, x, ratio=0.5, importance="taylor", task=tiny_task)
+    kept = [
+        not torch.equal(a.weight, b.weight)
+        for a, b in zip(by_magnitude.modules(), by_taylor.modules(), strict=True)
+        if isinstance(a, nn.Conv2d) and a.weight.shape == b.weight.shape and a.groups == 1
+    ]
+    assert any(kept)
+
+
+def test_taylor_without_data_is_refused() -> None:
+    with pytest.raises(TechniqueError, match="taylor"):
+        prune_channels(small_net(), torch.randn(1, 1, 32, 32), ratio=0.5, importance="taylor")

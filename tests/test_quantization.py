@@ -48,3 +48,29 @@ def test_unknown_options_are_refused() -> None:
         QuantParams("int4")
     with pytest.raises(TechniqueError, match="activation_type"):
         QuantParams("int8-static", activation_type="fp8")
+
+
+def test_fp16_export_runs_at_float_accuracy_in_half_the_bytes(fp32, tiny_task) -> None:
+    import onnx
+
+    artifact, fp32_accuracy = fp32
+    half = quantize(artifact, QuantParams("fp16"), calibration=tiny_task.data("train"))
+    graph = onnx.load(str(half.path)).graph
+    assert {i.data_type for i in graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    accuracy = evaluate(half, tiny_task.data("val"), tiny_task.metric, threads=2)
+    assert accuracy >= fp32_accuracy - 0.005
+    assert half.size_bytes < 0.6 * artifact.size_bytes
+
+
+def test_cuda_offers_no_dynamic_int8(tiny_task, tmp_path) -> None:
+    import optuna
+
+    from techniques import Context
+    from techniques.quantization import SCHEMES_BY_DEVICE, Quantization
+
+    ctx = Context(tiny_task, "cuda", tmp_path, tiny_task.build_model())
+    trial = optuna.create_study().ask()
+    Quantization().space(trial, ctx)
+    offered = trial.distributions["quant.scheme"].choices  # type: ignore[attr-defined]
+    assert "int8-dynamic" not in offered and tuple(offered) == SCHEMES_BY_DEVICE["cuda"]

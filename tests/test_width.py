@@ -91,3 +91,34 @@ def test_narrowing_keeps_the_strongest_channels_and_leaves_the_original(net) -> 
 def test_a_model_without_inverted_residuals_has_no_stages() -> None:
     plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
     assert expandable_stages(plain) == []
+
+
+def test_per_block_narrows_one_block_and_leaves_its_stage_mates(net) -> None:
+    from techniques.width import expandable_groups
+
+    x = torch.randn(1, 1, 32, 32)
+    blocks = expandable_groups(net, "block")
+    assert len(blocks) == sum(len(stage) for stage in expandable_stages(net))
+    narrowed = narrow_expansions(net, x, {3: 2}, per="block")
+    hidden = [g[0].expand[0].out_channels for g in expandable_groups(narrowed, "block")]
+    expected = [g[0].expand[0].out_channels for g in blocks]
+    expected[3] = blocks[3][0].expand[0].in_channels * 2
+    assert hidden == expected
+    assert narrowed(x).shape == (1, 10)
+
+
+def test_the_space_names_one_parameter_per_block_when_asked(net, tiny_task, tmp_path) -> None:
+    import optuna
+
+    from techniques import Context
+    from techniques.width import ExpandRatio
+
+    lever = ExpandRatio()
+    per_stage = Context(tiny_task, "cpu", tmp_path, net)
+    per_block = Context(tiny_task, "cpu", tmp_path, net, options={"width.per": "block"})
+    stage_trial, block_trial = optuna.create_study().ask(), optuna.create_study().ask()
+    lever.space(stage_trial, per_stage)
+    lever.space(block_trial, per_block)
+    assert sorted(stage_trial.params) == [f"width.expand.s{i}" for i in range(6)]
+    assert len(block_trial.params) == 16
+    assert all(name.startswith("width.expand.b") for name in block_trial.params)
