@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +186,9 @@ def fixing_sampler(
     """``sampler`` with ``fixed`` parameters pinned (the sampler itself when none are)."""
     if not fixed:
         return sampler
-    return optuna.samplers.PartialFixedSampler(dict(fixed), sampler)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.4; the tool for the job
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.PartialFixedSampler(dict(fixed), sampler)
 
 
 def constrain_references(

@@ -25,6 +25,11 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
         (["--latency-budget", "5ms", "--task", "nope"], "is not a task"),
         (["--latency-budget", "5ms", "--task", "missing.py:make"], "no such file"),
         (["--latency-budget", "5ms", "--device", "tpu"], "--device"),
+        (["--trials", "2"], "give --latency-budget"),
+        (["--latency-budget", "5ms", "--off", "bogus"], "no such lever"),
+        (["--latency-budget", "5ms", "--fix", "prune.ratio"], "NAME=VALUE"),
+        (["--latency-budget", "5ms", "--fix", "width.per=row"], "use one of stage, block"),
+        (["--latency-budget", "5ms", "--config", "absent.toml"], "no such file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path) -> None:
@@ -70,3 +75,29 @@ def test_run_with_the_example_task_prints_the_front(tmp_path) -> None:
     assert "mlflow ui --backend-store-uri" in result.stdout
     assert (tmp_path / "studies" / "optuna.db").exists()
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_space_of_a_plain_cnn_skips_width_and_lists_the_rest(tmp_path) -> None:
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "my_task.py"
+    result = run_cli("space", "--task", f"{example}:make_task", "--off", "lora", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "lever width: not applicable" in result.stdout
+    assert "width.expand" not in result.stdout
+    for name in ("prune.importance", "quant.scheme", "distill.temperature", "lowrank.rank_ratio"):
+        assert name in result.stdout
+    assert "int8-qat" in result.stdout
+    lora = next(line for line in result.stdout.splitlines() if "lora.rank" in line)
+    assert lora.rstrip().endswith("off")
+
+
+def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
+    (tmp_path / "bad.toml").write_text("[run]\nlatency_budget = '5ms'\n")
+    result = run_cli("run", "--config", "bad.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --config bad.toml: [run] latency_budget is not an option; known: "
+        "latency-budget, device, task, trials, timeout, study, storage, tracking-uri, seed, "
+        "threads, batch-size, finetune-epochs"
+    ]

@@ -8,7 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from search.config import SearchConfig
-from search.runner import run_search
+from search.levers import LeverSettings
+from search.runner import prepare_space, run_search
 from search.tracking import PARENT_TAG, TRIAL_TAG
 
 TRIAL_METRICS = {
@@ -66,6 +67,8 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.csv", "pareto.html", "pareto.png"} <= artifacts
 
+    every_name = set(prepare_space(config, tiny_task).space)
+    assert {"prune.importance", "quant.calibration", "lora.rank"} <= every_name
     by_number = {int(r.data.tags[TRIAL_TAG]): r for r in children}
     for trial in finished(study):
         run = by_number[trial.number]
@@ -75,6 +78,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
         assert set(run.data.metrics) >= TRIAL_METRICS
         assert run.data.metrics["feasible"] == 1.0  # a 1 s budget fits everything
         assert set(trial.params) <= set(run.data.params)
+        assert every_name <= set(run.data.params)  # off levers too, as "off" or "n/a"
         if "duplicate_of_trial" not in run.data.tags:
             files = [a.path for a in client.list_artifacts(run.info.run_id, "model")]
             assert len(files) == 1 and files[0].endswith(".onnx")
@@ -161,3 +165,37 @@ def test_an_unreachable_tracking_server_is_one_clear_error(home, tiny_task, monk
         TrackingError, match=re.escape("--tracking-uri http://127.0.0.1:9: cannot use it")
     ):
         run_search(config, task=tiny_task)
+
+
+def test_levers_switched_off_and_fixed_hold_in_every_sampled_trial(home, tiny_task) -> None:
+    """--off and --fix through a real study: QAT alone, the baseline left uncompressed."""
+    import onnx
+
+    levers = LeverSettings(
+        off=("width", "prune", "lowrank", "lora"),
+        fixed=(("quant.scheme", "int8-qat"), ("quant.per_channel", True)),
+    )
+    config = config_for(home, trials=3, levers=levers)
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    baseline, *others = finished(study)
+    assert baseline.params["quant.scheme"] == "fp32"  # the reference stays the baseline
+    assert others and all(t.state == optuna.trial.TrialState.COMPLETE for t in others)
+    client = MlflowClient(tracking_uri=config.mlflow_uri)
+    for trial in others:
+        assert trial.params["quant.scheme"] == "int8-qat"
+        assert trial.params["quant.per_channel"] is True
+        assert trial.params["prune.ratio"] == 0.0 and trial.params["lora.rank"] == 0
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.params["lever.quant"].startswith("int8qat-pc")
+        assert run.data.params["prune.importance"] == "off"
+        if "duplicate_of_trial" not in run.data.tags:
+            assert "finetune_loss" in run.data.metrics  # QAT fine-tuned with no model lever
+            into = home / run.info.run_id
+            into.mkdir()
+            folder = client.download_artifacts(run.info.run_id, "model", str(into))
+            (path,) = Path(folder).glob("*.onnx")
+            ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+            assert "QuantizeLinear" in ops
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.params["levers.off"] == "width,prune,lowrank,lora"
