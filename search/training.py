@@ -29,6 +29,11 @@ class Distillation:
     teacher: nn.Module
     temperature: float = 4.0
     alpha: float = 0.9
+    # Feature distillation (FitNets, Romero et al., 2015): the student's outputs at these
+    # named layers (the ends of stages) are pulled towards the teacher's, through 1x1
+    # adapters where pruning left fewer channels; 0 leaves it off.
+    feature_weight: float = 0.0
+    feature_layers: tuple[str, ...] = ()
 
     def loss(
         self, student: torch.Tensor, teacher: torch.Tensor, hard: torch.Tensor
@@ -38,6 +43,65 @@ class Distillation:
             F.log_softmax(student / t, dim=1), F.softmax(teacher / t, dim=1), reduction="batchmean"
         )
         return self.alpha * t * t * soft + (1 - self.alpha) * hard
+
+
+class FeatureMatch:
+    """Forward hooks on the same-named layers of student and teacher, and the loss between.
+
+    loss = mean over layers of ||adapter(student) - teacher||^2 / ||teacher||^2 (per
+    element), a relative error, so one weight suits layers of any scale. Adapters are 1x1
+    convolutions (student channels -> teacher channels; none where they already match),
+    trained with the student and dropped after fine-tuning: the deployed model never has them.
+    """
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, layers: tuple[str, ...], sample: torch.Tensor
+    ) -> None:
+        self.student_out: dict[str, torch.Tensor] = {}
+        self.teacher_out: dict[str, torch.Tensor] = {}
+        self._hooks = [
+            model.get_submodule(name).register_forward_hook(self._keep(store, name))
+            for model, store in ((student, self.student_out), (teacher, self.teacher_out))
+            for name in layers
+        ]
+        was_training = student.training
+        with torch.no_grad():  # one batch through both, to learn the channel counts
+            student.eval()
+            student(sample)
+            teacher(sample)
+        student.train(was_training)
+        self.adapters = nn.ModuleDict()
+        for index, name in enumerate(layers):
+            s_channels = self.student_out[name].shape[1]
+            t_channels = self.teacher_out[name].shape[1]
+            adapter: nn.Module = nn.Identity()
+            if s_channels != t_channels and self.student_out[name].dim() == 4:
+                adapter = nn.Conv2d(s_channels, t_channels, 1, bias=False)
+            elif s_channels != t_channels:
+                adapter = nn.Linear(s_channels, t_channels, bias=False)
+            self.adapters[str(index)] = adapter
+        self.layers = layers
+
+    @staticmethod
+    def _keep(store: dict[str, torch.Tensor], name: str) -> Callable[..., None]:
+        def hook(
+            _module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
+            store[name] = output
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        terms = []
+        for index, name in enumerate(self.layers):
+            student = self.adapters[str(index)](self.student_out[name])
+            teacher = self.teacher_out[name].detach()
+            terms.append(F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(1e-8))
+        return torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
 
 
 ModelStep = Callable[[nn.Module], nn.Module]
@@ -81,32 +145,44 @@ def fit(
     """
     if epochs == 0:
         return model.eval()
+    features = None
+    if distillation is not None and distillation.feature_weight > 0:
+        sample = next(iter(loader))[0]
+        features = FeatureMatch(model, distillation.teacher, distillation.feature_layers, sample)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if features is not None:
+        trainable += list(features.adapters.parameters())
     optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5)
     steps = epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
     )
     model.train()
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        for inputs, targets in loader:
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-            if distillation is not None:
-                with torch.no_grad():
-                    teacher_outputs = distillation.teacher(inputs)
-                loss = distillation.loss(outputs, teacher_outputs, loss)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}")
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(targets)
-            count += len(targets)
-        if on_epoch is not None:
-            on_epoch(epoch, total / max(count, 1))
+    try:
+        for epoch in range(epochs):
+            total, count = 0.0, 0
+            for inputs, targets in loader:
+                optimizer.zero_grad(set_to_none=True)
+                outputs = model(inputs)
+                loss = loss_fn(outputs, targets)
+                if distillation is not None:
+                    with torch.no_grad():
+                        teacher_outputs = distillation.teacher(inputs)
+                    loss = distillation.loss(outputs, teacher_outputs, loss)
+                    if features is not None:
+                        loss = loss + distillation.feature_weight * features.loss()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}")
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(targets)
+                count += len(targets)
+            if on_epoch is not None:
+                on_epoch(epoch, total / max(count, 1))
+    finally:
+        if features is not None:
+            features.remove()
     return model.eval()
 
 

@@ -2,7 +2,10 @@
 
 A training-stage technique: it does not change the model, it changes how the compressed
 model is fine-tuned. Temperature and alpha are searched; alpha = 0 is plain fine-tuning
-on the task loss (the lever off). The loss itself lives in ``search.training.Distillation``.
+on the task loss (the lever off). With distillation on, ``distill.feature_weight`` adds
+feature distillation at the end of each stage (the last block, or convolution, before the
+resolution drops), where student and teacher still see the same spatial grid; 0 is
+logits only. The losses live in ``search.training`` (``Distillation``, ``FeatureMatch``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import torch
+from torch import nn
+
+from search.tasks.mobilenetv2 import InvertedResidual
 from search.training import Distillation, Recipe
 from techniques.base import Context, TechniqueError
 
@@ -24,8 +31,11 @@ class DistillParams:
 
     temperature: float
     alpha: float
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.feature_weight < 0:
+            raise TechniqueError(f"distill.feature_weight={self.feature_weight} must be >= 0")
         if not 0.0 < self.alpha <= 1.0:
             raise TechniqueError(f"distill.alpha={self.alpha} must be in (0, 1], e.g. 0.9")
         if self.temperature <= 0:
@@ -33,7 +43,8 @@ class DistillParams:
 
     @property
     def label(self) -> str:
-        return f"kd{self.temperature:g}/{self.alpha:g}"
+        features = f"+f{self.feature_weight:g}" if self.feature_weight else ""
+        return f"kd{self.temperature:g}/{self.alpha:g}{features}"
 
 
 # On the digits model pruned by 40%, T=4 and alpha=0.9 recovered 0.983-0.989 validation
@@ -41,7 +52,9 @@ class DistillParams:
 REFERENCE: Mapping[str, Any] = {
     "distill.alpha": 0.9,
     "distill.temperature": 4.0,
+    "distill.feature_weight": 0.0,
 }
+FEATURE_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 
 
 class KnowledgeDistillation:
@@ -63,10 +76,50 @@ class KnowledgeDistillation:
         if alpha == 0:
             return None
         temperature = trial.suggest_float("distill.temperature", 1.0, 8.0, step=0.5)
-        return DistillParams(temperature=temperature, alpha=round(alpha, 6))
+        feature_weight = 0.0
+        if stage_ends(ctx.base_model, ctx.task.example_inputs(1)):
+            feature_weight = trial.suggest_categorical("distill.feature_weight", FEATURE_WEIGHTS)
+        return DistillParams(temperature, round(alpha, 6), feature_weight)
 
     def configure(self, recipe: Recipe, params: DistillParams, ctx: Context) -> Recipe:
         teacher = ctx.base_model.eval()
-        return replace(
-            recipe, distillation=Distillation(teacher, params.temperature, params.alpha)
+        layers = stage_ends(ctx.base_model, ctx.task.example_inputs(1))
+        distillation = Distillation(
+            teacher,
+            params.temperature,
+            params.alpha,
+            feature_weight=params.feature_weight,
+            feature_layers=layers if params.feature_weight else (),
         )
+        return replace(recipe, distillation=distillation)
+
+
+def stage_ends(model: nn.Module, example_inputs: torch.Tensor) -> tuple[str, ...]:
+    """Names of the last block of each spatial resolution, where features are compared.
+
+    Blocks are the inverted residual blocks when the model has them, else its Conv2d
+    layers. The names survive the model-stage levers (pruning keeps them; low-rank, LoRA
+    and QAT replace a layer by a module under the same name with the same output shape).
+    """
+    blocks = [n for n, m in model.named_modules() if isinstance(m, InvertedResidual)]
+    if not blocks:
+        blocks = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    sizes: dict[str, tuple[int, ...]] = {}
+    hooks = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:]))
+        )
+        for name in blocks
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ends = [
+        a
+        for a, b in zip(blocks, [*blocks[1:], None], strict=True)
+        if b is None or sizes[a] != sizes[b]
+    ]
+    return tuple(name for name in ends if len(sizes[name]) == 2)
