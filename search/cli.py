@@ -94,6 +94,13 @@ def run(
         int | None,
         typer.Option(help="Recovery fine-tuning epochs after a model-stage lever (default 10)."),
     ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="Feasible only within this drop of the baseline's metric (default 0.01: "
+            "one point of accuracy)."
+        ),
+    ] = None,
     config: ConfigOption = None,
     off: OffOption = None,
     fix: FixOption = None,
@@ -112,6 +119,7 @@ def run(
         "threads": threads,
         "batch-size": batch_size,
         "finetune-epochs": finetune_epochs,
+        "max-accuracy-drop": max_accuracy_drop,
     }
     from search.config_file import search_config_from
 

@@ -40,6 +40,7 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
     "threads": (int,),
     "batch-size": (int,),
     "finetune-epochs": (int,),
+    "max-accuracy-drop": (int, float),
 }
 
 # long option name -> SearchConfig field
@@ -56,6 +57,7 @@ _FIELDS = {
     "threads": "threads",
     "batch-size": "batch_size",
     "finetune-epochs": "finetune_epochs",
+    "max-accuracy-drop": "max_accuracy_drop",
 }
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from search.latency import measure_latency
 from search.runtime import Artifact, compact_names, evaluate, export_onnx
-from search.study import CONSTRAINT_KEY
+from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
 from search.task import Task
 from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
 from search.training import Recipe, fit, predict
@@ -53,6 +53,7 @@ class TrialSettings:
     """The per-run settings a trial needs besides the task and the model."""
 
     latency_budget_ms: float
+    accuracy_floor: float  # baseline metric minus the allowed drop
     device: str
     threads: int
     batch_size: int
@@ -166,8 +167,10 @@ class TrialObjective:
             threads=self.settings.threads,
         )
         over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
+        below_floor = self.settings.accuracy_floor - accuracy
         trial.set_constraint(CONSTRAINT_KEY, over_budget_ms)
-        feasible = over_budget_ms <= 0
+        trial.set_constraint(ACCURACY_CONSTRAINT_KEY, below_floor)
+        feasible = over_budget_ms <= 0 and below_floor <= 0
         size_mb = artifact.size_bytes / 1e6
         metrics = {
             "accuracy": accuracy,
@@ -181,6 +184,7 @@ class TrialObjective:
             "params": n_params,
             "macs": macs,
             "over_budget_ms": over_budget_ms,
+            "below_accuracy_floor": below_floor,
             "feasible": feasible,
             "trial_seconds": time.perf_counter() - started,
         }
@@ -297,6 +301,12 @@ class TrialObjective:
         for step in recipe.finish:
             model = step(model)
         return model.eval()
+
+
+def deployed_accuracy(model: nn.Module, task: Task, workdir: Path) -> float:
+    """The task metric of ``model`` exported as a trial would export it, run by ORT."""
+    artifact = compact_names(export_onnx(model, task.example_inputs(1), workdir / "base.onnx"))
+    return evaluate(artifact, task.data("val"), task.metric, threads=os.cpu_count() or 1)
 
 
 def run_name(number: int, plan: dict[str, Any]) -> str:

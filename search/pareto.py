@@ -43,9 +43,17 @@ def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def nearest_trials(study: optuna.Study, count: int = 5) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials closest to the latency budget, for a search with no feasible one."""
+    """Completed trials nearest to feasible, for a search with no feasible one.
+
+    Those accurate enough first, by how far over the latency budget; then the others.
+    """
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: t.user_attrs.get("over_budget_ms", float("inf")))[:count]
+
+    def distance(trial: optuna.trial.FrozenTrial) -> tuple[bool, float]:
+        below = float(trial.user_attrs.get("below_accuracy_floor", 0.0))
+        return below > 0, float(trial.user_attrs.get("over_budget_ms", float("inf")))
+
+    return sorted(done, key=distance)[:count]
 
 
 def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> list[FrontRow]:

@@ -69,7 +69,12 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
     if trial.values is None:
         return str(name)
     accuracy, p50, size = trial.values
-    feasible = "feasible" if trial.user_attrs.get("feasible") else "over budget"
+    reasons = []
+    if trial.user_attrs.get("over_budget_ms", 0) > 0:
+        reasons.append("over budget")
+    if trial.user_attrs.get("below_accuracy_floor", 0) > 0:
+        reasons.append("below accuracy floor")
+    feasible = " and ".join(reasons) or "feasible"
     return f"{name}  acc {accuracy:.4f}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
 
 
@@ -120,10 +125,14 @@ def print_result(console: Console, result: SearchResult, budget_ms: float) -> No
         )
     else:
         console.print(
-            f"[yellow]No trial met the {budget_ms:g} ms budget yet.[/yellow] The nearest ones:"
+            f"[yellow]No trial met the {budget_ms:g} ms budget within the allowed accuracy drop "
+            "yet.[/yellow] The nearest ones:"
         )
         console.print(front_table(result.nearest, "nearest trials", show_over_budget=True))
-        console.print("Try a looser --latency-budget, more --trials, or stronger levers.")
+        console.print(
+            "Try a looser --latency-budget or --max-accuracy-drop, more --trials, "
+            "or stronger levers."
+        )
     uri = result.tracking_uri
     console.print(
         f"\nBrowse it in MLflow: [bold]mlflow ui --backend-store-uri {uri}[/bold] "

@@ -28,7 +28,13 @@ from search.levers import (
     resolve,
     space_rows,
 )
-from search.objective import RunLink, TrialObjective, TrialSettings, reference_trials
+from search.objective import (
+    RunLink,
+    TrialObjective,
+    TrialSettings,
+    deployed_accuracy,
+    reference_trials,
+)
 from search.pareto import FrontRow, nearest_trials, pareto_front, to_rows, write_csv, write_plots
 from search.runtime import check_device
 from search.study import baseline_trial, is_feasible, open_study
@@ -102,8 +108,12 @@ def run_search(
     )
     status = "FAILED"
     try:
+        with tempfile.TemporaryDirectory(prefix="search-base-") as scratch:
+            baseline_accuracy = deployed_accuracy(base_model, task, Path(scratch))
+        tracker.log(parent_run_id, metrics={"baseline_accuracy": baseline_accuracy})
         settings = TrialSettings(
             latency_budget_ms=config.latency_budget_ms,
+            accuracy_floor=baseline_accuracy - config.max_accuracy_drop,
             device=config.device,
             threads=config.threads,
             batch_size=config.batch_size,

@@ -19,10 +19,18 @@ from search.levers import fixing_sampler
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 OBJECTIVE_NAMES = ("accuracy", "latency_p50_ms", "size_mb")
 CONSTRAINT_KEY = "latency_p50_over_budget_ms"
+ACCURACY_CONSTRAINT_KEY = "accuracy_below_floor"
 TPE_STARTUP_TRIALS = 6
 # Recorded on a new study and checked on resume: a study mixing these would compare numbers
 # measured under different rules.
-_IDENTITY_KEYS = ("task", "latency_budget_ms", "device", "threads", "batch_size")
+_IDENTITY_KEYS = (
+    "task",
+    "latency_budget_ms",
+    "device",
+    "threads",
+    "batch_size",
+    "max_accuracy_drop",
+)
 
 
 def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
@@ -32,6 +40,7 @@ def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
         "device": config.device,
         "threads": config.threads,
         "batch_size": config.batch_size,
+        "max_accuracy_drop": config.max_accuracy_drop,
     }
 
 

@@ -35,6 +35,9 @@ def test_parse_latency_rejects_with_a_fix(text: str) -> None:
         ({"batch_size": 0}, "--batch-size"),
         ({"finetune_epochs": -1}, "--finetune-epochs"),
         ({"timeout_s": -3.0}, "--timeout"),
+        ({"max_accuracy_drop": -0.01}, "--max-accuracy-drop"),
+        ({"max_accuracy_drop": float("nan")}, "--max-accuracy-drop"),
+        ({"max_accuracy_drop": float("inf")}, "--max-accuracy-drop"),
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:

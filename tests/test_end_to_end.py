@@ -26,6 +26,7 @@ TRIAL_METRICS = {
 def config_for(home: Path, **overrides) -> SearchConfig:
     settings = {
         "latency_budget_ms": 1000.0, "trials": 3, "finetune_epochs": 1, "home": home, "seed": 0,
+        "max_accuracy_drop": 1.0,  # one tiny epoch of fine-tuning: judge latency only
     }  # fmt: skip
     settings.update(overrides)
     return SearchConfig(**settings)
@@ -107,6 +108,27 @@ def test_no_feasible_trial_reports_the_nearest(home, tiny_task) -> None:
     assert len(result.nearest) == 2
     assert all(row.over_budget_ms > 0 for row in result.nearest)
     assert result.nearest[0].over_budget_ms <= result.nearest[1].over_budget_ms
+
+
+def test_the_accuracy_floor_makes_a_ruined_candidate_infeasible(home, tiny_task) -> None:
+    """70% pruning with one epoch of recovery costs points: with no drop allowed, infeasible."""
+    levers = LeverSettings(
+        off=("width", "lowrank", "lora", "quant", "distill"), fixed=(("prune.ratio", 0.7),)
+    )
+    config = config_for(home, trials=2, max_accuracy_drop=0.0, levers=levers)
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    baseline, pruned = finished(study)[:2]
+    assert baseline.constraints["accuracy_below_floor"] == pytest.approx(0.0, abs=1e-9)
+    assert pruned.values[0] < baseline.values[0]
+    assert pruned.constraints["accuracy_below_floor"] == pytest.approx(
+        baseline.values[0] - pruned.values[0]
+    )
+    assert pruned.constraints["latency_p50_over_budget_ms"] < 0  # fast enough, yet:
+    assert pruned.user_attrs["feasible"] is False
+    assert [row.number for row in result.front] == [baseline.number]
+    parent = MlflowClient(tracking_uri=config.mlflow_uri).get_run(result.parent_run_id)
+    assert parent.data.metrics["baseline_accuracy"] == pytest.approx(baseline.values[0])
 
 
 def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
