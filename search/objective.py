@@ -388,13 +388,20 @@ def every_parameter(
     (say, ``quant.calibration`` under fp16), so every run has the same columns.
     """
     listed: dict[str, Any] = {}
-    for name in names:
+    for name in [*names, *(n for n in params if n not in names)]:
         lever = name.partition(".")[0]
         if name in params:
-            listed[name] = params[name]
+            listed[name] = _readable(params[name])
         else:
             listed[name] = LEVER_OFF if plan.get(lever) is None else NOT_APPLICABLE
-    return {**listed, **params}
+    return listed
+
+
+def _readable(value: Any) -> Any:
+    """A float off Optuna's step grid (0.7000000000000001) as the step meant it (0.7)."""
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    return value
 
 
 def baseline_params(ctx: Context) -> dict[str, Any]:

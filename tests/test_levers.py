@@ -110,3 +110,5 @@ def test_every_parameter_says_off_or_not_applicable(ctx, space) -> None:
     assert set(listed) == set(space)
     assert listed["quant.scheme"] == "fp16" and listed["quant.calibration"] == "n/a"
     assert listed["prune.importance"] == "off" and listed["distill.alpha"] == "off"
+    stepped = every_parameter({"distill.alpha": 0.7000000000000001}, plan, tuple(space))
+    assert stepped["distill.alpha"] == 0.7
