@@ -34,18 +34,23 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="A TOML file with [run] options and [levers] off/fix (command line wins).",
+        help="A TOML file of run options and lever off/fix settings (command line wins).",
         dir_okay=False,
     ),
 ]
 OffOption = Annotated[
     list[str] | None,
-    typer.Option("--off", help="Keep a lever at its off setting, e.g. --off lora (repeatable)."),
+    typer.Option(
+        "--off",
+        metavar="LEVER",
+        help="Keep a lever at its off setting, e.g. --off lora (repeatable).",
+    ),
 ]
 FixOption = Annotated[
     list[str] | None,
     typer.Option(
         "--fix",
+        metavar="NAME=VALUE",
         help="Fix a parameter or lever option, e.g. --fix prune.ratio=0.5 (repeatable).",
     ),
 ]
@@ -53,7 +58,9 @@ TaskOption = Annotated[
     str | None,
     typer.Option(help="digits (the default), pkg.module:factory or path/to/file.py:factory."),
 ]
-DeviceOption = Annotated[str | None, typer.Option(help="Where latency is measured: cpu or cuda.")]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="Where latency is measured: cpu (the default) or cuda.")
+]
 
 
 @app.command()
@@ -83,7 +90,9 @@ def run(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seeds the sampler and fine-tuning.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seeds the sampler and fine-tuning (default 0).")
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="Threads for latency measurement, recorded (default 1).")
     ] = None,
