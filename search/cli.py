@@ -110,6 +110,14 @@ def run(
             "one point of accuracy)."
         ),
     ] = None,
+    latency_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--latency-first/--no-latency-first",
+            help="Measure each candidate's latency before fine-tuning it and stop the trial "
+            "if it is over budget (default on).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     off: OffOption = None,
     fix: FixOption = None,
@@ -129,6 +137,7 @@ def run(
         "batch-size": batch_size,
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
+        "latency-first": latency_first,
     }
     from search.config_file import search_config_from
 

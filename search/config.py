@@ -53,6 +53,8 @@ class SearchConfig:
         threads: intra-op threads for latency measurement (recorded with every number).
         batch_size: batch size for latency measurement.
         finetune_epochs: recovery fine-tuning epochs after a model-changing technique.
+        latency_first: measure each candidate's architecture and number format before
+            fine-tuning it, and stop a trial whose draft is over the budget.
         max_accuracy_drop: how far below the baseline's metric a candidate may fall and
             still count as feasible, in the metric's units (0.01 = one point of accuracy).
         levers: levers switched off, parameters fixed, shape options (``search.levers``).
@@ -78,6 +80,7 @@ class SearchConfig:
     # puts infeasible trials in its "bad" group, so small but ruined models stop attracting
     # the search the way they do as members of an accuracy-size-latency front.
     max_accuracy_drop: float = 0.01
+    latency_first: bool = True
     levers: LeverSettings = field(default_factory=LeverSettings)
     home: Path = field(default_factory=Path.cwd)
 

@@ -41,6 +41,7 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
     "batch-size": (int,),
     "finetune-epochs": (int,),
     "max-accuracy-drop": (int, float),
+    "latency-first": (bool,),
 }
 
 # long option name -> SearchConfig field
@@ -58,6 +59,7 @@ _FIELDS = {
     "batch-size": "batch_size",
     "finetune-epochs": "finetune_epochs",
     "max-accuracy-drop": "max_accuracy_drop",
+    "latency-first": "latency_first",
 }
 
 
@@ -89,8 +91,9 @@ def load_config_file(path: Path | None) -> ConfigFile:
                 f"--config {path}: [run] {key} is not an option; known: {', '.join(RUN_KEYS)}"
             )
         wanted = RUN_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            kind = " or ".join(t.__name__.replace("str", "text") for t in wanted)
+        if isinstance(value, bool) != (bool in wanted) or not isinstance(value, wanted):
+            names = {"str": "text", "bool": "true or false"}
+            kind = " or ".join(names.get(t.__name__, t.__name__) for t in wanted)
             raise ConfigError(f"--config {path}: [run] {key} = {value!r} must be {kind}")
     levers = _table(path, document, "levers")
     _only(path, "levers", levers, {"off", "fix"})

@@ -21,6 +21,11 @@ MIN_WARMUP_S = 0.2
 MIN_REPEATS = 100
 MIN_MEASURE_S = 1.0
 MAX_REPEATS = 5000
+# Latency-first screening: after this many timed calls, a median this far over the budget
+# is not noise (repeat runs here differ by under 10%), so the rest of the protocol is spent
+# only on candidates that might fit.
+SCREEN_REPEATS = 30
+SCREEN_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,21 @@ class LatencyStats:
 
 
 def measure_latency(
-    artifact: Artifact, inputs: np.ndarray, *, device: str = "cpu", threads: int = 1
+    artifact: Artifact,
+    inputs: np.ndarray,
+    *,
+    device: str = "cpu",
+    threads: int = 1,
+    stop_above_ms: float | None = None,
 ) -> LatencyStats:
     """Time ``artifact`` on ``inputs`` after a warm-up, for enough repeats to trust a median.
 
     Warm-up runs until both ``MIN_WARMUP_RUNS`` calls and ``MIN_WARMUP_S`` seconds have
     passed (first calls allocate and tune kernels); measurement until both ``MIN_REPEATS``
-    calls and ``MIN_MEASURE_S`` seconds, capped at ``MAX_REPEATS``.
+    calls and ``MIN_MEASURE_S`` seconds, capped at ``MAX_REPEATS``. With ``stop_above_ms``,
+    measurement stops after ``SCREEN_REPEATS`` calls whose median is over
+    ``SCREEN_MARGIN`` times it: the figure says "too slow", and ``repeats`` says how few
+    calls it rests on.
     """
     import onnxruntime
 
@@ -65,6 +78,12 @@ def measure_latency(
         tick = time.perf_counter()
         session.run(None, feed)
         times_s.append(time.perf_counter() - tick)
+        if (
+            stop_above_ms is not None
+            and len(times_s) == SCREEN_REPEATS
+            and np.median(times_s) * 1e3 > SCREEN_MARGIN * stop_above_ms
+        ):
+            break
     times_ms = np.asarray(times_s) * 1e3
     return LatencyStats(
         p50_ms=float(np.percentile(times_ms, 50)),

@@ -30,8 +30,8 @@ import optuna
 import torch
 from torch import nn
 
-from search.latency import measure_latency
-from search.runtime import Artifact, compact_names, evaluate, export_onnx
+from search.latency import MIN_REPEATS, LatencyStats, measure_latency
+from search.runtime import Artifact, compact_names, evaluate, export_onnx, graph_signature
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
 from search.task import Task
 from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
@@ -59,6 +59,7 @@ class TrialSettings:
     batch_size: int
     finetune_epochs: int
     seed: int
+    latency_first: bool = True  # measure the draft before fine-tuning; stop if too slow
     space_names: tuple[str, ...] = ()  # every parameter name of the space, for the record
     options: Mapping[str, Any] = field(default_factory=dict)  # lever shape options
 
@@ -98,8 +99,9 @@ class TrialObjective:
         self.link = link
         self.workdir = workdir
         self.eval_threads = os.cpu_count() or 1
-        # model-stage key -> (trial number that fine-tuned it, model); see _compressed_model
+        # model-stage key -> (trial number that fine-tuned it, model); see _fine_tuned
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
+        self._latencies: dict[str, LatencyStats] = {}  # graph signature -> measurement
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         workdir = self.workdir / f"trial-{trial.number:04d}"
@@ -148,24 +150,85 @@ class TrialObjective:
     def _run(
         self, trial: optuna.Trial, plan: dict[str, Any], ctx: Context, run_id: str
     ) -> tuple[float, float, float]:
+        """Architecture and number format first; fine-tune only what can meet the budget.
+
+        The draft (model levers applied, not yet fine-tuned, then exported and converted)
+        has the final file's graph, shapes and number format, so its latency is the final
+        one. A draft over the budget ends the trial at once with that latency and the
+        draft's own accuracy, labelled "before fine-tuning"; Optuna's pruning is not
+        available to multi-objective studies, so the trial completes as infeasible and the
+        sampler learns from it. Latency is measured once per graph signature per study.
+        """
         started = time.perf_counter()
-        model = self._compressed_model(trial, plan, ctx, run_id)
+        key = trained_model_key(trial.params, plan)
+        torch.manual_seed(self.settings.seed + zlib.crc32(key.encode()))
+        architecture = self.base_model
+        for name, technique in model_techniques():
+            if plan[name] is not None:
+                architecture = technique.apply(architecture, plan[name], ctx)
+        draft = self._deploy(architecture, plan, ctx, "draft")
+        latency = self._latency(trial, draft, screen=self.settings.latency_first)
+        too_slow = latency.p50_ms > self.settings.latency_budget_ms
+        if self.settings.latency_first and too_slow:
+            return self._record(
+                trial, run_id, architecture, draft, latency, started, kind="before fine-tuning"
+            )
+        if not fine_tunes(plan):
+            return self._record(trial, run_id, architecture, draft, latency, started)
+        model = self._fine_tuned(trial, plan, ctx, run_id, architecture, key)
+        final = self._deploy(model, plan, ctx, "final")
+        latency = self._latency(trial, final, screen=False)
+        return self._record(trial, run_id, model, final, latency, started)
+
+    def _deploy(self, model: nn.Module, plan: dict[str, Any], ctx: Context, kind: str) -> Artifact:
+        """Export ``model`` and apply the artifact levers: the file that would ship."""
         example = self.task.example_inputs(1)
-        macs, n_params = count_macs_and_params(model, example)
-        artifact: Artifact = export_onnx(model, example, ctx.workdir / "model.onnx")
+        artifact: Artifact = export_onnx(model, example, ctx.workdir / kind / "model.onnx")
         for name, technique in artifact_techniques():
             if plan[name] is not None:
                 artifact = technique.apply(artifact, plan[name], ctx)
-        artifact = compact_names(artifact)
-        accuracy = evaluate(
-            artifact, self.task.data("val"), self.task.metric, threads=self.eval_threads
-        )
+        return compact_names(artifact)
+
+    def _latency(self, trial: optuna.Trial, artifact: Artifact, *, screen: bool) -> LatencyStats:
+        """The latency of ``artifact``'s graph: from this study if known, else measured.
+
+        With ``screen``, a clearly-too-slow graph is timed only briefly (``stop_above_ms``);
+        such a screened figure is reused for screening only, never as a full measurement.
+        """
+        signature = graph_signature(artifact)
+        trial.set_user_attr("latency_signature", signature)
+        known = self._latencies.get(signature) or known_latency(trial.study, signature)
+        if known is not None and (screen or known.repeats >= MIN_REPEATS):
+            trial.set_user_attr("latency", known.as_dict())
+            trial.set_user_attr("latency_reused", True)
+            return known
         latency = measure_latency(
             artifact,
             self.task.example_inputs(self.settings.batch_size).numpy(),
             device=self.settings.device,
             threads=self.settings.threads,
+            stop_above_ms=self.settings.latency_budget_ms if screen else None,
         )
+        self._latencies[signature] = latency
+        trial.set_user_attr("latency", latency.as_dict())
+        return latency
+
+    def _record(
+        self,
+        trial: optuna.Trial,
+        run_id: str,
+        model: nn.Module,
+        artifact: Artifact,
+        latency: LatencyStats,
+        started: float,
+        *,
+        kind: str = "deployed",
+    ) -> tuple[float, float, float]:
+        """Accuracy of ``artifact``, the constraints, user attrs and the MLflow run."""
+        accuracy = evaluate(
+            artifact, self.task.data("val"), self.task.metric, threads=self.eval_threads
+        )
+        macs, n_params = count_macs_and_params(model, self.task.example_inputs(1))
         over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
         below_floor = self.settings.accuracy_floor - accuracy
         trial.set_constraint(CONSTRAINT_KEY, over_budget_ms)
@@ -191,6 +254,7 @@ class TrialObjective:
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("scheme", artifact.scheme)
+        trial.set_user_attr("accuracy_kind", kind)
         protocol = {
             f"latency.{k}": v for k, v in latency.as_dict().items() if not k.endswith("_ms")
         }
@@ -198,43 +262,48 @@ class TrialObjective:
             run_id,
             params=protocol,
             metrics=metrics,
-            tags={"state": "COMPLETE", "feasible": feasible, "scheme": artifact.scheme},
+            tags={
+                "state": "COMPLETE",
+                "feasible": feasible,
+                "scheme": artifact.scheme,
+                "accuracy_kind": kind,
+                "stopped_before_fine_tuning": kind != "deployed",
+            },
         )
         self.link.tracker.log_artifact(run_id, artifact.path, folder="model")
         return accuracy, latency.p50_ms, size_mb
 
-    def _compressed_model(
-        self, trial: optuna.Trial, plan: dict[str, Any], ctx: Context, run_id: str
+    def _fine_tuned(
+        self,
+        trial: optuna.Trial,
+        plan: dict[str, Any],
+        ctx: Context,
+        run_id: str,
+        architecture: nn.Module,
+        key: str,
     ) -> nn.Module:
-        """The model after the model-stage techniques and recovery fine-tuning.
+        """``architecture`` after recovery fine-tuning (distillation, LoRA, QAT as planned).
 
-        Trials that share their model-stage parameters (say, the same pruning with another
-        quantization scheme) share the fine-tuned model: it is trained once per run and
-        kept for the next ``MODEL_CACHE_SIZE`` distinct model stages. The fine-tuning seed
-        comes from those parameters, so the same model stage gets the same weights.
+        Trials that share their model- and training-stage parameters (say, the same pruning
+        with another quantization scheme) share the fine-tuned model: it is trained once
+        per run and kept for the next ``MODEL_CACHE_SIZE`` distinct keys. The seed comes
+        from those parameters, so the same key gets the same weights.
         """
-        key = trained_model_key(trial.params, plan)
         cached = self._models.get(key)
         if cached is not None:
             number, model = cached
             self._models.move_to_end(key)
             trial.set_user_attr("finetuned_in_trial", number)
             return model
-        torch.manual_seed(self.settings.seed + zlib.crc32(key.encode()))
-        model = self.base_model
-        for name, technique in model_techniques():
+        model = copy.deepcopy(architecture) if architecture is self.base_model else architecture
+        recipe = Recipe(epochs=self.settings.finetune_epochs, lr=FINETUNE_LR)
+        for name, training in training_techniques():
             if plan[name] is not None:
-                model = technique.apply(model, plan[name], ctx)
-        if fine_tunes(plan):
-            model = copy.deepcopy(model) if model is self.base_model else model
-            recipe = Recipe(epochs=self.settings.finetune_epochs, lr=FINETUNE_LR)
-            for name, training in training_techniques():
-                if plan[name] is not None:
-                    recipe = training.configure(recipe, plan[name], ctx)
-            for name, artifact in artifact_techniques():  # QAT: innermost, first to finish
-                if plan[name] is not None:
-                    recipe = artifact.configure(recipe, plan[name], ctx)
-            model = self._fine_tune(model, recipe, run_id)
+                recipe = training.configure(recipe, plan[name], ctx)
+        for name, artifact in artifact_techniques():  # QAT: innermost, first to finish
+            if plan[name] is not None:
+                recipe = artifact.configure(recipe, plan[name], ctx)
+        model = self._fine_tune(model, recipe, run_id)
         self._models[key] = (trial.number, model)
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
@@ -444,6 +513,23 @@ def reference_trials(ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]
     if len(names) > 1:
         trials.append(({**base, **combined}, {"reference": "+".join(names)}))
     return trials
+
+
+def known_latency(study: optuna.Study, signature: str) -> LatencyStats | None:
+    """A full measurement of this graph signature from an earlier trial of the study.
+
+    Screened (brief) figures are returned only when no full one exists; the caller decides
+    whether a screened figure is good enough.
+    """
+    found: LatencyStats | None = None
+    for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        recorded = other.user_attrs.get("latency")
+        if other.user_attrs.get("latency_signature") == signature and recorded:
+            stats = LatencyStats(**recorded)
+            if stats.repeats >= MIN_REPEATS:
+                return stats
+            found = found or stats
+    return found
 
 
 def find_duplicate(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:

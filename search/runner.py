@@ -114,6 +114,7 @@ def run_search(
         settings = TrialSettings(
             latency_budget_ms=config.latency_budget_ms,
             accuracy_floor=baseline_accuracy - config.max_accuracy_drop,
+            latency_first=config.latency_first,
             device=config.device,
             threads=config.threads,
             batch_size=config.batch_size,

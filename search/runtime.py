@@ -110,6 +110,29 @@ def compact_names(artifact: Artifact) -> Artifact:
     return artifact
 
 
+def graph_signature(artifact: Artifact) -> str:
+    """A hash of what the latency depends on: the graph, shapes and number formats.
+
+    Weight values are left out, so a candidate's draft (before fine-tuning) and its final
+    file share a signature, and two trials that reach one architecture and scheme share
+    one latency measurement. Names are left in: ``compact_names`` made them canonical.
+    """
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(str(artifact.path))
+    for initializer in model.graph.initializer:
+        initializer.ClearField("raw_data")
+        for field in ("float_data", "int32_data", "int64_data", "double_data"):
+            initializer.ClearField(field)
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                attribute.t.ClearField("raw_data")
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
 def open_session(path: Path, *, device: str = "cpu", threads: int = 1) -> ort.InferenceSession:
     """An inference session pinned to ``threads`` intra-op threads and sequential execution."""
     options = ort.SessionOptions()

@@ -131,6 +131,61 @@ def test_the_accuracy_floor_makes_a_ruined_candidate_infeasible(home, tiny_task)
     assert parent.data.metrics["baseline_accuracy"] == pytest.approx(baseline.values[0])
 
 
+@pytest.mark.parametrize("latency_first", [True, False])
+def test_latency_first_stops_a_too_slow_candidate_before_fine_tuning(
+    home, tiny_task, latency_first
+) -> None:
+    """A budget below the baseline's latency: pruning 10% cannot meet it either."""
+    from search.latency import SCREEN_REPEATS
+
+    levers = LeverSettings(
+        off=("width", "lowrank", "lora", "quant"),
+        fixed=(("prune.ratio", 0.1), ("distill.alpha", 0.0)),
+    )
+    config = config_for(
+        home, trials=3, latency_budget_ms=0.001, levers=levers, latency_first=latency_first
+    )
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    client = MlflowClient(tracking_uri=config.mlflow_uri)
+    pruned = [t for t in finished(study) if t.params.get("prune.ratio") == 0.1]
+    assert pruned
+    for trial in pruned:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert trial.user_attrs["feasible"] is False
+        if "duplicate_of_trial" in run.data.tags:
+            continue
+        if latency_first:
+            assert trial.user_attrs["accuracy_kind"] == "before fine-tuning"
+            assert run.data.tags["stopped_before_fine_tuning"] == "True"
+            assert "finetune_loss" not in run.data.metrics
+            assert trial.user_attrs["latency"]["repeats"] == SCREEN_REPEATS
+        else:
+            assert trial.user_attrs["accuracy_kind"] == "deployed"
+            assert "finetune_loss" in run.data.metrics
+
+
+def test_a_known_graph_is_not_measured_again(home, tiny_task) -> None:
+    """Trials that differ only in how they fine-tune deploy one graph: one measurement."""
+    levers = LeverSettings(
+        off=("width", "lowrank", "lora", "quant"), fixed=(("prune.ratio", 0.25),)
+    )
+    config = config_for(home, trials=4, levers=levers)
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    by_signature: dict[str, list] = {}
+    for trial in finished(study):
+        if "duplicate_of" not in trial.user_attrs:
+            by_signature.setdefault(trial.user_attrs["latency_signature"], []).append(trial)
+    shared = [trials for trials in by_signature.values() if len(trials) > 1]
+    assert shared, "distillation settings do not change the deployed graph"
+    for trials in shared:
+        assert [t.user_attrs.get("latency_reused", False) for t in trials][1:] == [True] * (
+            len(trials) - 1
+        )
+        assert len({t.values[1] for t in trials}) == 1
+
+
 def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
     from search.errors import StudyError
 

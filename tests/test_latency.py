@@ -32,3 +32,46 @@ def test_fingerprint_names_the_hardware() -> None:
     assert {"cpu_model", "cpu_count", "onnxruntime", "torch", "gpu"} <= set(fingerprint)
     assert int(fingerprint["cpu_count"]) >= 1
     assert np.all([value != "" for value in fingerprint.values()])
+
+
+def test_a_clearly_too_slow_graph_is_screened_in_a_few_calls(tiny_task, tmp_path) -> None:
+    from search.latency import SCREEN_REPEATS
+
+    artifact = export_onnx(
+        tiny_task.build_model(), tiny_task.example_inputs(1), tmp_path / "m.onnx"
+    )
+    inputs = tiny_task.example_inputs(1).numpy()
+    screened = measure_latency(artifact, inputs, stop_above_ms=1e-6)
+    assert screened.repeats == SCREEN_REPEATS and screened.p50_ms > 1e-6
+    fits = measure_latency(artifact, inputs, stop_above_ms=1e6)
+    assert fits.repeats >= 100
+
+
+def test_the_graph_signature_ignores_weights_but_not_architecture_or_format(
+    tiny_task, tmp_path
+) -> None:
+    import torch
+
+    from search.runtime import graph_signature
+    from techniques.pruning import prune_channels
+    from techniques.quantization import QuantParams, quantize
+
+    x = tiny_task.example_inputs(1)
+    model = tiny_task.build_model()
+    retrained = tiny_task.build_model()
+    with torch.no_grad():
+        for parameter in retrained.parameters():
+            parameter.mul_(0.5)
+    pruned = prune_channels(model, x, ratio=0.5)
+
+    def signature(net, name: str) -> str:
+        return graph_signature(compact_names(export_onnx(net, x, tmp_path / f"{name}.onnx")))
+
+    assert signature(model, "a") == signature(retrained, "b")
+    assert signature(model, "a") != signature(pruned, "c")
+    fp16 = quantize(
+        compact_names(export_onnx(model, x, tmp_path / "d.onnx")),
+        QuantParams("fp16"),
+        calibration=tiny_task.data("train"),
+    )
+    assert graph_signature(compact_names(fp16)) != signature(model, "a")
