@@ -152,15 +152,20 @@ def run(
     check_device(search_config.device)  # fail fast, before the baseline is built
     loaded = load_task(search_config.task, cache_dir=search_config.cache_dir)
     threads_used = search_config.threads
+    factor = search_config.latency_budget_factor
+    budget = (
+        f"{factor:g}x the baseline's"
+        if factor is not None
+        else f"{search_config.latency_budget_ms:g}ms"
+    )
     console.print(
-        f"search: task {search_config.task}, budget "
-        f"{search_config.latency_budget_ms:g}ms p50 on {search_config.device} "
+        f"search: task {search_config.task}, budget {budget} p50 on {search_config.device} "
         f"({threads_used} thread{'s' if threads_used > 1 else ''}, "
         f"batch {search_config.batch_size})"
     )
     with TrialProgress(console, total=search_config.trials) as progress:
         result = run_search(search_config, task=loaded, on_trial=progress)
-    print_result(console, result, search_config.latency_budget_ms)
+    print_result(console, result, result.latency_budget_ms)
 
 
 @app.command()

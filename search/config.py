@@ -11,6 +11,7 @@ from search.levers import LeverSettings
 
 _UNIT_TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 _LATENCY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|us|µs|s)\s*$")
+_RELATIVE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*x\s*$")
 DEVICES = ("cpu", "cuda")
 
 
@@ -31,6 +32,24 @@ def parse_latency_ms(text: str) -> float:
     return value
 
 
+def parse_latency_budget(text: str) -> tuple[float, float | None]:
+    """(milliseconds, None) for ``10ms``; (0, factor) for ``0.5x``, a share of the baseline.
+
+    A relative budget is resolved once, when its study is created, from the baseline's
+    latency measured on this machine; the study keeps the figure it was created with.
+    """
+    match = _RELATIVE_PATTERN.match(text)
+    if match is None:
+        return parse_latency_ms(text), None
+    factor = float(match.group(1))
+    if not 0 < factor <= 100:
+        raise ConfigError(
+            f"--latency-budget {text!r}: a relative budget is a factor of the baseline's "
+            "latency above 0, e.g. 0.5x"
+        )
+    return 0.0, factor
+
+
 def format_ms(value_ms: float) -> str:
     """A compact, unit-carrying spelling used in study names and messages."""
     return f"{value_ms:g}ms"
@@ -42,7 +61,10 @@ class SearchConfig:
 
     Attributes:
         task: ``digits`` or ``pkg.module:factory`` or ``path/to/file.py:factory``.
-        latency_budget_ms: the p50 latency a candidate must not exceed.
+        latency_budget_ms: the p50 latency a candidate must not exceed (0 until a relative
+            budget is resolved).
+        latency_budget_factor: for ``--latency-budget 0.5x``, the share of the baseline's
+            measured p50 that makes the budget; None for an absolute budget.
         device: where latency is measured: ``cpu`` (ONNX Runtime) or ``cuda``.
         trials: new trials to run in this invocation (None: until ``timeout_s``).
         timeout_s: wall-clock limit of this invocation (None: until ``trials``).
@@ -63,6 +85,7 @@ class SearchConfig:
 
     task: str = "digits"
     latency_budget_ms: float = 10.0
+    latency_budget_factor: float | None = None
     device: str = "cpu"
     trials: int | None = 8
     timeout_s: float | None = None
@@ -85,7 +108,7 @@ class SearchConfig:
     home: Path = field(default_factory=Path.cwd)
 
     def __post_init__(self) -> None:
-        if self.latency_budget_ms <= 0:
+        if self.latency_budget_factor is None and self.latency_budget_ms <= 0:
             raise ConfigError("--latency-budget must be greater than zero, e.g. 10ms")
         if self.device not in DEVICES:
             raise ConfigError(
@@ -134,4 +157,9 @@ class SearchConfig:
 
     def resolved_study_name(self, task_name: str) -> str:
         """The study name: given, or ``<task>-<budget>-<device>`` so reruns resume it."""
-        return self.study_name or f"{task_name}-{format_ms(self.latency_budget_ms)}-{self.device}"
+        budget = (
+            f"{self.latency_budget_factor:g}x"
+            if self.latency_budget_factor is not None
+            else format_ms(self.latency_budget_ms)
+        )
+        return self.study_name or f"{task_name}-{budget}-{self.device}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.config import SearchConfig, parse_latency_ms
+from search.config import SearchConfig, parse_latency_budget
 from search.errors import ConfigError
 from search.levers import LeverSettings
 
@@ -149,7 +149,8 @@ def search_config_from(
             "of the --config file"
         )
     values = {_FIELDS[key]: value for key, value in merged.items()}
-    values["latency_budget_ms"] = parse_latency_ms(str(merged["latency-budget"]))
+    budget_ms, factor = parse_latency_budget(str(merged["latency-budget"]))
+    values["latency_budget_ms"], values["latency_budget_factor"] = budget_ms, factor
     if "timeout" in merged:
         values["timeout_s"] = float(merged["timeout"])
         values.setdefault("trials", None)

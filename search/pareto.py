@@ -51,9 +51,16 @@ def nearest_trials(study: optuna.Study, count: int = 5) -> list[optuna.trial.Fro
 
     def distance(trial: optuna.trial.FrozenTrial) -> tuple[bool, float]:
         below = float(trial.user_attrs.get("below_accuracy_floor", 0.0))
-        return below > 0, float(trial.user_attrs.get("over_budget_ms", float("inf")))
+        return _judged(trial) and below > 0, float(
+            trial.user_attrs.get("over_budget_ms", float("inf"))
+        )
 
     return sorted(done, key=distance)[:count]
+
+
+def _judged(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's accuracy is of its deployed model (not of a draft before tuning)."""
+    return trial.user_attrs.get("accuracy_kind", "deployed") == "deployed"
 
 
 def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> list[FrontRow]:
@@ -64,7 +71,8 @@ def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> 
         rows.append(
             FrontRow(
                 number=trial.number,
-                name=str(trial.user_attrs.get("run_name", f"t{trial.number:03d}")),
+                name=str(trial.user_attrs.get("run_name", f"t{trial.number:03d}"))
+                + ("" if _judged(trial) else " (stopped before fine-tuning; acc untuned)"),
                 accuracy=accuracy,
                 latency_p50_ms=p50,
                 latency_p95_ms=float(trial.user_attrs.get("latency_p95_ms", float("nan"))),

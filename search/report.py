@@ -70,12 +70,14 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
         return str(name)
     accuracy, p50, size = trial.values
     reasons = []
+    untuned = trial.user_attrs.get("accuracy_kind", "deployed") != "deployed"
     if trial.user_attrs.get("over_budget_ms", 0) > 0:
-        reasons.append("over budget")
-    if trial.user_attrs.get("below_accuracy_floor", 0) > 0:
+        reasons.append("over budget" + (": stopped before fine-tuning" if untuned else ""))
+    if trial.user_attrs.get("below_accuracy_floor", 0) > 0 and not untuned:
         reasons.append("below accuracy floor")
     feasible = " and ".join(reasons) or "feasible"
-    return f"{name}  acc {accuracy:.4f}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
+    acc = f"acc {accuracy:.4f}" + (" (untuned)" if untuned else "")
+    return f"{name}  {acc}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
 
 
 def front_table(rows: Sequence[FrontRow], title: str, *, show_over_budget: bool = False) -> Table:

@@ -7,6 +7,7 @@ config -> task -> study (resume or create, baseline enqueued) -> MLflow parent r
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from torch import nn
 
 from search.config import SearchConfig, format_ms
 from search.errors import TaskError
-from search.latency import hardware_fingerprint
+from search.latency import hardware_fingerprint, measure_latency
 from search.levers import (
     SpaceRow,
     check_levers_and_options,
@@ -32,12 +33,12 @@ from search.objective import (
     RunLink,
     TrialObjective,
     TrialSettings,
-    deployed_accuracy,
+    deploy_baseline,
     reference_trials,
 )
 from search.pareto import FrontRow, nearest_trials, pareto_front, to_rows, write_csv, write_plots
-from search.runtime import check_device
-from search.study import baseline_trial, is_feasible, open_study
+from search.runtime import Artifact, check_device, evaluate
+from search.study import baseline_trial, is_feasible, open_study, stored_budget_ms
 from search.task import Task, load_task
 from search.tracking import STUDY_TAG, Tracker, redact_url
 from techniques import TECHNIQUES, Context
@@ -58,6 +59,7 @@ class SearchResult:
     trials_run: int
     trials_failed: int
     tracking_uri: str
+    latency_budget_ms: float  # as resolved (a relative budget becomes milliseconds)
     not_applicable: dict[str, str] = field(default_factory=dict)  # lever -> why
 
 
@@ -77,6 +79,15 @@ def run_search(
     prepared = prepare_space(config, task)  # a bad model or --fix fails before any write
     ctx, notes, fixed = prepared.ctx, prepared.not_applicable, prepared.fixed
     base_model = ctx.base_model
+    with tempfile.TemporaryDirectory(prefix="search-base-") as scratch:
+        base_artifact = deploy_baseline(base_model, task, Path(scratch))
+        baseline_accuracy = evaluate(
+            base_artifact, task.data("val"), task.metric, threads=os.cpu_count() or 1
+        )
+        if config.latency_budget_factor is not None:
+            config = replace(
+                config, latency_budget_ms=_relative_budget(config, task, base_artifact)
+            )
     references = constrain_references(reference_trials(ctx), fixed)
     study = open_study(config, task.name, references, fixed)
     local_store = config.tracking_uri is None
@@ -108,8 +119,6 @@ def run_search(
     )
     status = "FAILED"
     try:
-        with tempfile.TemporaryDirectory(prefix="search-base-") as scratch:
-            baseline_accuracy = deployed_accuracy(base_model, task, Path(scratch))
         tracker.log(parent_run_id, metrics={"baseline_accuracy": baseline_accuracy})
         settings = TrialSettings(
             latency_budget_ms=config.latency_budget_ms,
@@ -176,6 +185,21 @@ def search_space(config: SearchConfig, task: Task) -> tuple[list[SpaceRow], dict
     prepared = prepare_space(config, task)
     rows = space_rows(prepared.ctx, prepared.space, prepared.fixed, config.levers.off)
     return rows, prepared.not_applicable
+
+
+def _relative_budget(config: SearchConfig, task: Task, base_artifact: Artifact) -> float:
+    """``factor x`` the baseline's p50 here, or the figure the study was created with."""
+    stored = stored_budget_ms(config, task.name)
+    if stored is not None:
+        return stored
+    assert config.latency_budget_factor is not None
+    baseline = measure_latency(
+        base_artifact,
+        task.example_inputs(config.batch_size).numpy(),
+        device=config.device,
+        threads=config.threads,
+    )
+    return config.latency_budget_factor * baseline.p50_ms
 
 
 def not_applicable(ctx: Context) -> dict[str, str]:
@@ -259,4 +283,5 @@ def _summarise(
         trials_run=len(new_trials),
         trials_failed=failed,
         tracking_uri=config.mlflow_uri,
+        latency_budget_ms=config.latency_budget_ms,
     )

@@ -25,6 +25,7 @@ TPE_STARTUP_TRIALS = 6
 # measured under different rules.
 _IDENTITY_KEYS = (
     "task",
+    "latency_budget_factor",
     "latency_budget_ms",
     "device",
     "threads",
@@ -37,6 +38,7 @@ def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
     return {
         "task": task_name,
         "latency_budget_ms": config.latency_budget_ms,
+        "latency_budget_factor": config.latency_budget_factor,
         "device": config.device,
         "threads": config.threads,
         "batch_size": config.batch_size,
@@ -55,6 +57,16 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         raise StudyError(
             f"--storage {url}: cannot open it: {type(error).__name__}: {error}"
         ) from error
+
+
+def stored_budget_ms(config: SearchConfig, task_name: str) -> float | None:
+    """The budget an existing study was created with (how a relative budget stays fixed)."""
+    storage = make_storage(config.storage_url)
+    name = config.resolved_study_name(task_name)
+    for summary in optuna.get_all_study_summaries(storage):
+        if summary.study_name == name and "latency_budget_ms" in summary.user_attrs:
+            return float(summary.user_attrs["latency_budget_ms"])
+    return None
 
 
 def open_study(

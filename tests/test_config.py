@@ -50,3 +50,16 @@ def test_default_study_name_resumes_the_same_study(tmp_path) -> None:
     assert config.resolved_study_name("digits") == "digits-0.4ms-cpu"
     assert config.storage_url == f"sqlite:///{tmp_path / 'studies' / 'optuna.db'}"
     assert config.mlflow_uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+def test_a_relative_budget_is_a_factor_of_the_baseline() -> None:
+    from search.config import parse_latency_budget
+
+    assert parse_latency_budget("0.5x") == (0.0, 0.5)
+    assert parse_latency_budget(" 2 x ") == (0.0, 2.0)
+    assert parse_latency_budget("3ms") == (3.0, None)
+    for bad in ("0x", "x", "-0.5x", "1000x"):
+        with pytest.raises(ConfigError, match="latency-budget"):
+            parse_latency_budget(bad)
+    relative = SearchConfig(latency_budget_ms=0.0, latency_budget_factor=0.5)
+    assert relative.resolved_study_name("digits") == "digits-0.5x-cpu"

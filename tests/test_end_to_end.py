@@ -186,6 +186,18 @@ def test_a_known_graph_is_not_measured_again(home, tiny_task) -> None:
         assert len({t.values[1] for t in trials}) == 1
 
 
+def test_a_relative_budget_is_resolved_once_and_kept_by_the_study(home, tiny_task) -> None:
+    config = config_for(home, trials=1, latency_budget_ms=0.0, latency_budget_factor=0.5)
+    first = run_search(config, task=tiny_task)
+    assert first.study_name.endswith("-0.5x-cpu")
+    study = optuna.load_study(study_name=first.study_name, storage=config.storage_url)
+    baseline_p50 = study.trials[0].values[1]
+    assert 0.3 * baseline_p50 < first.latency_budget_ms < 0.7 * baseline_p50
+    assert study.user_attrs["latency_budget_ms"] == first.latency_budget_ms
+    again = run_search(config, task=tiny_task)  # not re-measured: the study's figure holds
+    assert again.latency_budget_ms == first.latency_budget_ms
+
+
 def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
     from search.errors import StudyError
 
