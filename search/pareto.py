@@ -72,7 +72,7 @@ def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> 
             FrontRow(
                 number=trial.number,
                 name=str(trial.user_attrs.get("run_name", f"t{trial.number:03d}"))
-                + ("" if _judged(trial) else " (stopped before fine-tuning; acc untuned)"),
+                + ("" if _judged(trial) else " (untuned)"),
                 accuracy=accuracy,
                 latency_p50_ms=p50,
                 latency_p95_ms=float(trial.user_attrs.get("latency_p95_ms", float("nan"))),

@@ -10,6 +10,7 @@ logits only. The losses live in ``search.training`` (``Distillation``, ``Feature
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -94,7 +95,21 @@ class KnowledgeDistillation:
         return replace(recipe, distillation=distillation)
 
 
+_STAGE_ENDS: weakref.WeakKeyDictionary[nn.Module, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
 def stage_ends(model: nn.Module, example_inputs: torch.Tensor) -> tuple[str, ...]:
+    """Names of the last block of each spatial resolution (cached per model object).
+
+    ``space`` asks for every trial and ``explore_space`` a few hundred times; the answer
+    needs a forward pass, and the base model does not change during a run.
+    """
+    if model not in _STAGE_ENDS:
+        _STAGE_ENDS[model] = _find_stage_ends(model, example_inputs)
+    return _STAGE_ENDS[model]
+
+
+def _find_stage_ends(model: nn.Module, example_inputs: torch.Tensor) -> tuple[str, ...]:
     """Names of the last block of each spatial resolution, where features are compared.
 
     Blocks are the inverted residual blocks when the model has them, else its Conv2d
