@@ -118,6 +118,13 @@ def run(
             "if it is over budget (default on).",
         ),
     ] = None,
+    allow_mixed_hardware: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-mixed-hardware",
+            help="Resume a study whose latencies were measured on other hardware.",
+        ),
+    ] = None,
     config: ConfigOption = None,
     off: OffOption = None,
     fix: FixOption = None,
@@ -138,6 +145,7 @@ def run(
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
         "latency-first": latency_first,
+        "allow-mixed-hardware": allow_mixed_hardware,
     }
     from search.config_file import search_config_from
 

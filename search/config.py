@@ -77,6 +77,8 @@ class SearchConfig:
         finetune_epochs: recovery fine-tuning epochs after a model-changing technique.
         latency_first: measure each candidate's architecture and number format before
             fine-tuning it, and stop a trial whose draft is over the budget.
+        allow_mixed_hardware: resume a study created on other hardware (its latencies
+            then mix two machines' figures; refused by default).
         max_accuracy_drop: how far below the baseline's metric a candidate may fall and
             still count as feasible, in the metric's units (0.01 = one point of accuracy).
         levers: levers switched off, parameters fixed, shape options (``search.levers``).
@@ -104,6 +106,7 @@ class SearchConfig:
     # the search the way they do as members of an accuracy-size-latency front.
     max_accuracy_drop: float = 0.01
     latency_first: bool = True
+    allow_mixed_hardware: bool = False
     levers: LeverSettings = field(default_factory=LeverSettings)
     home: Path = field(default_factory=Path.cwd)
 

@@ -42,6 +42,7 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
     "finetune-epochs": (int,),
     "max-accuracy-drop": (int, float),
     "latency-first": (bool,),
+    "allow-mixed-hardware": (bool,),
 }
 
 # long option name -> SearchConfig field
@@ -60,6 +61,7 @@ _FIELDS = {
     "finetune-epochs": "finetune_epochs",
     "max-accuracy-drop": "max_accuracy_drop",
     "latency-first": "latency_first",
+    "allow-mixed-hardware": "allow_mixed_hardware",
 }
 
 

@@ -6,9 +6,11 @@ latency without its protocol cannot be compared with another.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,6 +108,30 @@ def _run_until(session: object, feed: dict, min_runs: int, min_s: float, max_run
         session.run(None, feed)  # type: ignore[attr-defined]
         runs += 1
     return runs
+
+
+# The fingerprint fields a latency depends on; a study refuses to mix figures across them.
+COMPARABLE_FIELDS = ("cpu_model", "cpu_count", "machine", "onnxruntime", "gpu")
+
+
+@contextlib.contextmanager
+def measurement_lock(folder: Path, device: str) -> Iterator[None]:
+    """Hold this machine's lock for ``device`` while timing, across processes.
+
+    Parallel workers on one machine would otherwise time each other's contention: each
+    waits for the other's measurement to end (fine-tuning and everything else still run
+    side by side). An advisory ``flock`` on ``<folder>/latency-<device>.lock``; the kernel
+    releases it if the holder dies.
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"latency-{device}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def hardware_fingerprint() -> dict[str, str]:

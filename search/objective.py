@@ -30,7 +30,7 @@ import optuna
 import torch
 from torch import nn
 
-from search.latency import MIN_REPEATS, LatencyStats, measure_latency
+from search.latency import MIN_REPEATS, LatencyStats, measure_latency, measurement_lock
 from search.runtime import Artifact, compact_names, evaluate, export_onnx, graph_signature
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
 from search.task import Task
@@ -60,6 +60,7 @@ class TrialSettings:
     finetune_epochs: int
     seed: int
     latency_first: bool = True  # measure the draft before fine-tuning; stop if too slow
+    lock_dir: Path = Path("studies/locks")  # this machine's cross-process measurement locks
     space_names: tuple[str, ...] = ()  # every parameter name of the space, for the record
     options: Mapping[str, Any] = field(default_factory=dict)  # lever shape options
 
@@ -168,13 +169,12 @@ class TrialObjective:
                 architecture = technique.apply(architecture, plan[name], ctx)
         draft = self._deploy(architecture, plan, ctx, "draft")
         latency = self._latency(trial, draft, screen=self.settings.latency_first)
-        too_slow = latency.p50_ms > self.settings.latency_budget_ms
-        if self.settings.latency_first and too_slow:
+        if not fine_tunes(plan):  # nothing to fine-tune: the draft is the deployed file
+            return self._record(trial, run_id, architecture, draft, latency, started)
+        if self.settings.latency_first and latency.p50_ms > self.settings.latency_budget_ms:
             return self._record(
                 trial, run_id, architecture, draft, latency, started, kind="before fine-tuning"
             )
-        if not fine_tunes(plan):
-            return self._record(trial, run_id, architecture, draft, latency, started)
         model = self._fine_tuned(trial, plan, ctx, run_id, architecture, key)
         final = self._deploy(model, plan, ctx, "final")
         latency = self._latency(trial, final, screen=False)
@@ -202,13 +202,14 @@ class TrialObjective:
             trial.set_user_attr("latency", known.as_dict())
             trial.set_user_attr("latency_reused", True)
             return known
-        latency = measure_latency(
-            artifact,
-            self.task.example_inputs(self.settings.batch_size).numpy(),
-            device=self.settings.device,
-            threads=self.settings.threads,
-            stop_above_ms=self.settings.latency_budget_ms if screen else None,
-        )
+        with measurement_lock(self.settings.lock_dir, self.settings.device):
+            latency = measure_latency(
+                artifact,
+                self.task.example_inputs(self.settings.batch_size).numpy(),
+                device=self.settings.device,
+                threads=self.settings.threads,
+                stop_above_ms=self.settings.latency_budget_ms if screen else None,
+            )
         self._latencies[signature] = latency
         trial.set_user_attr("latency", latency.as_dict())
         return latency

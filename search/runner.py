@@ -124,6 +124,7 @@ def run_search(
             latency_budget_ms=config.latency_budget_ms,
             accuracy_floor=baseline_accuracy - config.max_accuracy_drop,
             latency_first=config.latency_first,
+            lock_dir=config.studies_dir / "locks",
             device=config.device,
             threads=config.threads,
             batch_size=config.batch_size,

@@ -14,6 +14,7 @@ import optuna
 
 from search.config import SearchConfig, format_ms
 from search.errors import StudyError
+from search.latency import COMPARABLE_FIELDS, hardware_fingerprint
 from search.levers import fixing_sampler
 
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
@@ -87,8 +88,11 @@ def open_study(
     name = config.resolved_study_name(task_name)
     identity = study_identity(config, task_name)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    hardware = {k: hardware_fingerprint()[k] for k in COMPARABLE_FIELDS}
     if name in existing:
         _check_identity(name, dict(existing[name].user_attrs), identity)
+        if not config.allow_mixed_hardware:
+            _check_hardware(name, existing[name].user_attrs.get("hardware"), hardware)
         known_trials = existing[name].n_trials
     else:
         known_trials = 0
@@ -109,9 +113,23 @@ def open_study(
         study.set_metric_names(list(OBJECTIVE_NAMES))
         for key, value in identity.items():
             study.set_user_attr(key, value)
+        study.set_user_attr("hardware", hardware)
         for params, user_attrs in first_trials:
             study.enqueue_trial(dict(params), user_attrs=dict(user_attrs))
     return study
+
+
+def _check_hardware(name: str, stored: Mapping[str, str] | None, here: Mapping[str, str]) -> None:
+    """Refuse to add this machine's latencies to a study measured on another."""
+    if not stored:
+        return  # a study from before fingerprints were stored
+    for key, value in here.items():
+        if key in stored and stored[key] != value:
+            raise StudyError(
+                f"study {name!r} was measured on {key}={stored[key]!r}, this machine has "
+                f"{value!r}: its latencies would not compare; use another --study, or "
+                "--allow-mixed-hardware to add to it anyway"
+            )
 
 
 def _check_identity(name: str, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:

@@ -99,5 +99,6 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: --config bad.toml: [run] latency_budget is not an option; known: "
         "latency-budget, device, task, trials, timeout, study, storage, tracking-uri, seed, "
-        "threads, batch-size, finetune-epochs, max-accuracy-drop, latency-first"
+        "threads, batch-size, finetune-epochs, max-accuracy-drop, latency-first, "
+        "allow-mixed-hardware"
     ]

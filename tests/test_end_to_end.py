@@ -198,6 +198,21 @@ def test_a_relative_budget_is_resolved_once_and_kept_by_the_study(home, tiny_tas
     assert again.latency_budget_ms == first.latency_budget_ms
 
 
+def test_a_study_refuses_latencies_from_other_hardware(home, tiny_task, monkeypatch) -> None:
+    import search.study
+    from search.errors import StudyError
+    from search.latency import hardware_fingerprint
+
+    config = config_for(home, trials=1, study_name="hw")
+    run_search(config, task=tiny_task)
+    elsewhere = {**hardware_fingerprint(), "cpu_model": "Some Other CPU"}
+    monkeypatch.setattr(search.study, "hardware_fingerprint", lambda: elsewhere)
+    with pytest.raises(StudyError, match=r"cpu_model='.*', this machine has 'Some Other CPU'"):
+        run_search(config, task=tiny_task)
+    mixed = config_for(home, trials=1, study_name="hw", allow_mixed_hardware=True)
+    assert run_search(mixed, task=tiny_task).trials_run == 1
+
+
 def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
     from search.errors import StudyError
 

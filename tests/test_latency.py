@@ -75,3 +75,31 @@ def test_the_graph_signature_ignores_weights_but_not_architecture_or_format(
         calibration=tiny_task.data("train"),
     )
     assert graph_signature(compact_names(fp16)) != signature(model, "a")
+
+
+def test_the_measurement_lock_makes_a_second_process_wait(tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from search.latency import measurement_lock
+
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time; from pathlib import Path; "
+            "from search.latency import measurement_lock\n"
+            f"with measurement_lock(Path({str(tmp_path)!r}), 'cpu'):\n"
+            "    print('held', flush=True); time.sleep(1.5)",
+        ],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    started = time.perf_counter()
+    with measurement_lock(tmp_path, "cpu"):
+        waited = time.perf_counter() - started
+    holder.wait(timeout=30)
+    assert waited > 0.5
+    started = time.perf_counter()
+    with measurement_lock(tmp_path, "cuda"):  # another device: no wait
+        assert time.perf_counter() - started < 0.5
