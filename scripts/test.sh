@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check search techniques tests examples
-.venv/bin/ruff format --check search techniques tests examples
+.venv/bin/ruff check search techniques tests examples benchmarks
+.venv/bin/ruff format --check search techniques tests examples benchmarks
 .venv/bin/mypy
 if [ "${1:-}" = "--slow" ]; then
   shift
