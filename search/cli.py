@@ -205,6 +205,74 @@ def space(
     print_space(Console(), search_space(search_config, loaded))
 
 
+@app.command(name="profile")
+def profile_command(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="baseline (the default), trial:N of --study, or a file.onnx."),
+    ] = None,
+    task: TaskOption = None,
+    study: Annotated[
+        str | None, typer.Option(help="The study that trial:N targets are in.")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default SQLite in studies/optuna.db).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
+    ] = None,
+    batch_sizes: Annotated[
+        str, typer.Option(help="Comma-separated batch sizes to time (default 1,8,32).")
+    ] = "1,8,32",
+    threads: Annotated[int, typer.Option(help="Threads for ONNX Runtime (default 1).")] = 1,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Ratios of every target against the first.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+) -> None:
+    """Size, parameters, MACs, latency percentiles and throughput of deployed models."""
+    import json
+
+    from search.config import SearchConfig
+    from search.errors import ConfigError
+    from search.profile import profile_all
+    from search.report import print_profiles
+    from search.task import load_task
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        raise ConfigError(f"--batch-sizes {batch_sizes!r}: write numbers, e.g. 1,8,32") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--batch-sizes {batch_sizes!r}: each must be at least 1")
+    specs = targets or ["baseline"]
+    if compare and len(specs) < 2:
+        raise ConfigError("--compare needs two or more targets, e.g. baseline trial:3")
+    config = SearchConfig(
+        task=task or "digits",
+        storage=storage,
+        tracking_uri=tracking_uri,
+        threads=threads,
+        home=Path.cwd(),
+    )
+    loaded = load_task(config.task, cache_dir=config.cache_dir)
+    profiles = profile_all(
+        specs,
+        loaded,
+        storage_url=config.storage_url,
+        tracking_uri=config.mlflow_uri,
+        study_name=study,
+        batch_sizes=sizes,
+        threads=config.threads,
+        device="cpu",
+        lock_dir=config.studies_dir / "locks",
+    )
+    if json_output:
+        print(json.dumps([p.as_dict() for p in profiles], indent=2))
+    else:
+        print_profiles(Console(), profiles, compare=compare)
+
+
 def _levers(config: Path | None, off: list[str] | None, fix: list[str] | None) -> tuple:
     """The config file's contents and its lever settings with the command line's on top."""
     from search.config_file import load_config_file

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from search.levers import SpaceRow
     from search.pareto import FrontRow
+    from search.profile import Profile
     from search.runner import SearchResult
 
 
@@ -181,3 +182,37 @@ def application_order() -> str:
             *by_stage["artifact"],
         ]
     )
+
+
+def print_profiles(console: Console, profiles: Sequence[Profile], *, compare: bool) -> None:
+    """One column per target; with ``compare``, each figure's ratio to the first target's."""
+    table = Table(title="Profile (ONNX Runtime, CPU)", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("")
+    for item in profiles:
+        table.add_column(item.name, justify="right")
+
+    def cells(values: list[float | None], fmt: str, smaller_is_better: bool) -> list[str]:
+        shown = []
+        for index, value in enumerate(values):
+            base = values[0]
+            text = "-" if value is None else fmt.format(value)
+            if compare and index and value and base:
+                ratio = base / value if smaller_is_better else value / base
+                text += f" ({ratio:.2f}×)"
+            shown.append(text)
+        return shown
+
+    table.add_row("size MB", *cells([p.size_bytes / 1e6 for p in profiles], "{:.3f}", True))
+    table.add_row("params", *cells([p.params for p in profiles], "{:,}", True))
+    macs = [None if p.macs is None else p.macs / 1e6 for p in profiles]
+    table.add_row("MMACs", *cells(macs, "{:.1f}", True))
+    for batch in profiles[0].latency:
+        for label in ("p50_ms", "p95_ms", "p99_ms"):
+            values: list[float | None] = [getattr(p.latency[batch], label) for p in profiles]
+            name = f"batch {batch} {label.replace('_ms', ' ms')}"
+            table.add_row(name, *cells(values, "{:.3f}", True))
+        rates: list[float | None] = [p.throughput(batch) for p in profiles]
+        table.add_row(f"batch {batch} samples/s", *cells(rates, "{:,.0f}", False))
+    console.print(table)
+    if compare:
+        console.print("ratios: how many times smaller, faster or higher than the first target")
