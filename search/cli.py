@@ -58,6 +58,12 @@ TaskOption = Annotated[
     str | None,
     typer.Option(help="digits (the default), pkg.module:factory or path/to/file.py:factory."),
 ]
+StorageOption = Annotated[
+    str | None, typer.Option(help="Optuna storage URL (default SQLite in studies/optuna.db).")
+]
+TrackingOption = Annotated[
+    str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
+]
 DeviceOption = Annotated[
     str | None, typer.Option(help="Where latency is measured: cpu (the default) or cuda.")
 ]
@@ -84,12 +90,8 @@ def run(
         str | None,
         typer.Option(help="Study name; an existing one is resumed (default task-budget-device)."),
     ] = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (default SQLite in studies/optuna.db).")
-    ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
-    ] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingOption = None,
     seed: Annotated[
         int | None, typer.Option(help="Seeds the sampler and fine-tuning (default 0).")
     ] = None,
@@ -215,12 +217,8 @@ def profile_command(
     study: Annotated[
         str | None, typer.Option(help="The study that trial:N targets are in.")
     ] = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (default SQLite in studies/optuna.db).")
-    ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
-    ] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingOption = None,
     batch_sizes: Annotated[
         str, typer.Option(help="Comma-separated batch sizes to time (default 1,8,32).")
     ] = "1,8,32",
