@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from techniques.lora import LoRALayer
+from techniques.surgery import replace_modules
 
 EMA_MOMENTUM = 0.05
 
@@ -136,18 +137,17 @@ def _quantizable(module: nn.Module) -> bool:
 
 def insert_fake_quant(model: nn.Module, spec: FakeQuantSpec) -> nn.Module:
     """Wrap every Conv2d, Linear and LoRA layer in place (a LoRA layer's parts stay inside)."""
-    taken: list[str] = []
-    for name, module in list(model.named_modules()):
-        inside = any(name.startswith(f"{outer}.") for outer in taken)
-        if name and _quantizable(module) and not inside:
-            model.set_submodule(name, FakeQuantLayer(module, spec))
-            taken.append(name)
-    return model
+
+    def wrap(_name: str, module: nn.Module) -> nn.Module | None:
+        if isinstance(module, FakeQuantLayer):
+            return module
+        return FakeQuantLayer(module, spec) if _quantizable(module) else None  # type: ignore[arg-type]
+
+    return replace_modules(model, wrap)
 
 
 def remove_fake_quant(model: nn.Module) -> nn.Module:
     """Replace every wrapper by its snapped plain layer, in place."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, FakeQuantLayer):
-            model.set_submodule(name, module.snapped())
-    return model
+    return replace_modules(
+        model, lambda _, m: m.snapped() if isinstance(m, FakeQuantLayer) else None
+    )

@@ -18,6 +18,7 @@ from torch import nn
 
 from search.training import Recipe
 from techniques.base import Context, TechniqueError
+from techniques.surgery import replace_modules
 
 if TYPE_CHECKING:
     import optuna
@@ -112,10 +113,13 @@ def add_adapters(model: nn.Module, rank: int) -> nn.Module:
     """Wrap every adaptable layer in place; freeze everything but adapters and batch norms."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    wrapped = {name for name, m in model.named_modules() if isinstance(m, LoRALayer)}
-    for name, module in list(model.named_modules()):
-        if _adaptable(module) and name.rpartition(".")[0] not in wrapped:
-            model.set_submodule(name, LoRALayer(module, rank))
+
+    def wrap(_name: str, module: nn.Module) -> nn.Module | None:
+        if isinstance(module, LoRALayer):
+            return module  # already adapted: keep, and leave its parts alone
+        return LoRALayer(module, rank) if _adaptable(module) else None  # type: ignore[arg-type]
+
+    replace_modules(model, wrap)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
             for parameter in module.parameters():
@@ -125,9 +129,7 @@ def add_adapters(model: nn.Module, rank: int) -> nn.Module:
 
 def merge_adapters(model: nn.Module) -> nn.Module:
     """Replace every LoRALayer by its merged base layer, in place; all weights trainable."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALayer):
-            model.set_submodule(name, module.merged())
+    replace_modules(model, lambda _, m: m.merged() if isinstance(m, LoRALayer) else None)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model
