@@ -102,7 +102,6 @@ class TrialObjective:
         self.eval_threads = os.cpu_count() or 1
         # model-stage key -> (trial number that fine-tuned it, model); see _fine_tuned
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
-        self._latencies: dict[str, LatencyStats] = {}  # graph signature -> measurement
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         workdir = self.workdir / f"trial-{trial.number:04d}"
@@ -190,17 +189,21 @@ class TrialObjective:
         return compact_names(artifact)
 
     def _latency(self, trial: optuna.Trial, artifact: Artifact, *, screen: bool) -> LatencyStats:
-        """The latency of ``artifact``'s graph: from this study if known, else measured.
+        """The latency of ``artifact``'s graph: from the study if known, else measured.
 
-        With ``screen``, a clearly-too-slow graph is timed only briefly (``stop_above_ms``);
-        such a screened figure is reused for screening only, never as a full measurement.
+        Known means recorded on this trial already (the final file has its draft's graph)
+        or on a completed trial; the study is the only record, so a resumed study knows
+        what it measured. With ``screen``, a clearly-too-slow graph is timed only briefly
+        (``stop_above_ms``); such a figure is reused for screening, never as a full one.
         """
         signature = graph_signature(artifact)
+        own = recorded_latency(trial.user_attrs, signature)
+        known = own or known_latency(trial.study, signature)
         trial.set_user_attr("latency_signature", signature)
-        known = self._latencies.get(signature) or known_latency(trial.study, signature)
         if known is not None and (screen or known.repeats >= MIN_REPEATS):
             trial.set_user_attr("latency", known.as_dict())
-            trial.set_user_attr("latency_reused", True)
+            if own is None:
+                trial.set_user_attr("latency_reused", True)
             return known
         with measurement_lock(self.settings.lock_dir, self.settings.device):
             latency = measure_latency(
@@ -210,7 +213,6 @@ class TrialObjective:
                 threads=self.settings.threads,
                 stop_above_ms=self.settings.latency_budget_ms if screen else None,
             )
-        self._latencies[signature] = latency
         trial.set_user_attr("latency", latency.as_dict())
         return latency
 
@@ -527,13 +529,19 @@ def known_latency(study: optuna.Study, signature: str) -> LatencyStats | None:
     """
     found: LatencyStats | None = None
     for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        recorded = other.user_attrs.get("latency")
-        if other.user_attrs.get("latency_signature") == signature and recorded:
-            stats = LatencyStats(**recorded)
-            if stats.repeats >= MIN_REPEATS:
-                return stats
-            found = found or stats
+        stats = recorded_latency(other.user_attrs, signature)
+        if stats is not None and stats.repeats >= MIN_REPEATS:
+            return stats
+        found = found or stats
     return found
+
+
+def recorded_latency(user_attrs: Mapping[str, Any], signature: str) -> LatencyStats | None:
+    """The measurement a trial recorded for this graph signature, if it has one."""
+    recorded = user_attrs.get("latency")
+    if user_attrs.get("latency_signature") != signature or not recorded:
+        return None
+    return LatencyStats(**recorded)
 
 
 def find_duplicate(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
