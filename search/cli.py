@@ -67,6 +67,13 @@ TrackingOption = Annotated[
 DeviceOption = Annotated[
     str | None, typer.Option(help="Where latency is measured: cpu (the default) or cuda.")
 ]
+RuntimeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="What runs the deployed model: onnxruntime (the default), torch (eager) or "
+        "torch-compile; each offers the number formats it can run."
+    ),
+]
 
 
 @app.command()
@@ -76,6 +83,7 @@ def run(
         typer.Option(help="p50 latency a candidate must meet, with a unit: 10ms, 800us, 0.01s."),
     ] = None,
     device: DeviceOption = None,
+    runtime: RuntimeOption = None,
     task: TaskOption = None,
     trials: Annotated[
         int | None,
@@ -97,6 +105,13 @@ def run(
     ] = None,
     threads: Annotated[
         int | None, typer.Option(help="Threads for latency measurement, recorded (default 1).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes on this machine running trials at once, sharing the "
+            "cores; latency is measured one worker at a time (default 1)."
+        ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Batch size for latency measurement (default 1).")
@@ -135,6 +150,7 @@ def run(
     given = {
         "latency-budget": latency_budget,
         "device": device,
+        "runtime": runtime,
         "task": task,
         "trials": trials,
         "timeout": timeout,
@@ -143,6 +159,7 @@ def run(
         "tracking-uri": tracking_uri,
         "seed": seed,
         "threads": threads,
+        "workers": workers,
         "batch-size": batch_size,
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
@@ -156,10 +173,11 @@ def run(
     console = Console()
     from search.report import TrialProgress, print_result
     from search.runner import run_search
-    from search.runtime import check_device
+    from search.runtimes import check_target
     from search.task import load_task
 
-    check_device(search_config.device)  # fail fast, before the baseline is built
+    # fail fast, before the baseline is built
+    check_target(search_config.runtime, search_config.device)
     loaded = load_task(search_config.task, cache_dir=search_config.cache_dir)
     threads_used = search_config.threads
     factor = search_config.latency_budget_factor
@@ -170,8 +188,9 @@ def run(
     )
     console.print(
         f"search: task {search_config.task}, budget {budget} p50 on {search_config.device} "
-        f"({threads_used} thread{'s' if threads_used > 1 else ''}, "
-        f"batch {search_config.batch_size})"
+        f"in {search_config.runtime} ({threads_used} thread{'s' if threads_used > 1 else ''}, "
+        f"batch {search_config.batch_size}"
+        + (f", {search_config.workers} workers)" if search_config.workers > 1 else ")")
     )
     with TrialProgress(console, total=search_config.trials) as progress:
         result = run_search(search_config, task=loaded, on_trial=progress)
@@ -182,6 +201,7 @@ def run(
 def space(
     task: TaskOption = None,
     device: DeviceOption = None,
+    runtime: RuntimeOption = None,
     config: ConfigOption = None,
     off: OffOption = None,
     fix: FixOption = None,
@@ -200,6 +220,7 @@ def space(
     search_config = SearchConfig(
         task=task or file.run.get("task", "digits"),
         device=device or file.run.get("device", "cpu"),
+        runtime=runtime or file.run.get("runtime", "onnxruntime"),
         levers=levers,
         home=Path.cwd(),
     )
@@ -211,9 +232,13 @@ def space(
 def profile_command(
     targets: Annotated[
         list[str] | None,
-        typer.Argument(help="baseline (the default), trial:N of --study, or a file.onnx."),
+        typer.Argument(
+            help="baseline (the default), trial:N of --study, or a model file (.onnx, .pt2)."
+        ),
     ] = None,
     task: TaskOption = None,
+    device: DeviceOption = None,
+    runtime: RuntimeOption = None,
     study: Annotated[
         str | None, typer.Option(help="The study that trial:N targets are in.")
     ] = None,
@@ -222,7 +247,7 @@ def profile_command(
     batch_sizes: Annotated[
         str, typer.Option(help="Comma-separated batch sizes to time (default 1,8,32).")
     ] = "1,8,32",
-    threads: Annotated[int, typer.Option(help="Threads for ONNX Runtime (default 1).")] = 1,
+    threads: Annotated[int, typer.Option(help="Intra-op threads (default 1).")] = 1,
     compare: Annotated[
         bool, typer.Option("--compare", help="Ratios of every target against the first.")
     ] = False,
@@ -248,11 +273,16 @@ def profile_command(
         raise ConfigError("--compare needs two or more targets, e.g. baseline trial:3")
     config = SearchConfig(
         task=task or "digits",
+        device=device or "cpu",
+        runtime=runtime or "onnxruntime",
         storage=storage,
         tracking_uri=tracking_uri,
         threads=threads,
         home=Path.cwd(),
     )
+    from search.runtimes import check_target
+
+    check_target(config.runtime, config.device)
     loaded = load_task(config.task, cache_dir=config.cache_dir)
     profiles = profile_all(
         specs,
@@ -262,7 +292,8 @@ def profile_command(
         study_name=study,
         batch_sizes=sizes,
         threads=config.threads,
-        device="cpu",
+        device=config.device,
+        runtime=config.runtime,
         lock_dir=config.studies_dir / "locks",
     )
     if json_output:

@@ -13,6 +13,9 @@ _UNIT_TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 _LATENCY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|us|µs|s)\s*$")
 _RELATIVE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*x\s*$")
 DEVICES = ("cpu", "cuda")
+MAX_WORKERS = 64
+# The names of search.runtimes.RUNTIMES, here so that parsing a config imports no torch.
+RUNTIMES = ("onnxruntime", "torch", "torch-compile")
 
 
 def parse_latency_ms(text: str) -> float:
@@ -65,7 +68,9 @@ class SearchConfig:
             budget is resolved).
         latency_budget_factor: for ``--latency-budget 0.5x``, the share of the baseline's
             measured p50 that makes the budget; None for an absolute budget.
-        device: where latency is measured: ``cpu`` (ONNX Runtime) or ``cuda``.
+        device: where latency is measured: ``cpu`` or ``cuda``.
+        runtime: what runs the deployed model: ``onnxruntime`` (default), ``torch`` (eager)
+            or ``torch-compile`` (``search.runtimes``).
         trials: new trials to run in this invocation (None: until ``timeout_s``).
         timeout_s: wall-clock limit of this invocation (None: until ``trials``).
         seed: seeds the sampler, data split and fine-tuning.
@@ -73,6 +78,8 @@ class SearchConfig:
         storage: Optuna storage URL; None means SQLite under ``studies/``.
         tracking_uri: MLflow tracking URI; None means SQLite under ``mlruns/``.
         threads: intra-op threads for latency measurement (recorded with every number).
+        workers: processes on this machine running trials of the study at once
+            (``search.workers``); each fine-tunes with its share of the cores.
         batch_size: batch size for latency measurement.
         finetune_epochs: recovery fine-tuning epochs after a model-changing technique.
         latency_first: measure each candidate's architecture and number format before
@@ -89,6 +96,7 @@ class SearchConfig:
     latency_budget_ms: float = 10.0
     latency_budget_factor: float | None = None
     device: str = "cpu"
+    runtime: str = "onnxruntime"
     trials: int | None = 8
     timeout_s: float | None = None
     seed: int = 0
@@ -96,6 +104,7 @@ class SearchConfig:
     storage: str | None = None
     tracking_uri: str | None = None
     threads: int = 1
+    workers: int = 1
     batch_size: int = 1
     # Ten epochs: on the digits model pruned by half (distilled, four seeds) five epochs gave
     # 0.969-0.986 validation accuracy, ten gave 0.983-0.992.
@@ -117,6 +126,10 @@ class SearchConfig:
             raise ConfigError(
                 f"--device {self.device!r} is unknown: use one of {', '.join(DEVICES)}"
             )
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(
+                f"--runtime {self.runtime!r} is unknown: use one of {', '.join(RUNTIMES)}"
+            )
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials {self.trials} must be at least 1")
         if self.timeout_s is not None and self.timeout_s <= 0:
@@ -125,6 +138,8 @@ class SearchConfig:
             raise ConfigError("give --trials or --timeout, or the search would never end")
         if self.threads < 1:
             raise ConfigError(f"--threads {self.threads} must be at least 1")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers {self.workers} must be from 1 to {MAX_WORKERS}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size} must be at least 1")
         if not 0 <= self.max_accuracy_drop < float("inf"):
@@ -159,10 +174,15 @@ class SearchConfig:
         return self.tracking_uri or f"sqlite:///{(self.mlruns_dir / 'mlflow.db').resolve()}"
 
     def resolved_study_name(self, task_name: str) -> str:
-        """The study name: given, or ``<task>-<budget>-<device>`` so reruns resume it."""
+        """The study name: given, or ``<task>-<budget>-<device>[-<runtime>]`` for reruns.
+
+        The runtime joins the name only when it is not the default, so studies made before
+        runtimes were a choice keep their names.
+        """
         budget = (
             f"{self.latency_budget_factor:g}x"
             if self.latency_budget_factor is not None
             else format_ms(self.latency_budget_ms)
         )
-        return self.study_name or f"{task_name}-{budget}-{self.device}"
+        runtime = "" if self.runtime == "onnxruntime" else f"-{self.runtime}"
+        return self.study_name or f"{task_name}-{budget}-{self.device}{runtime}"

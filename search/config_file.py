@@ -30,6 +30,7 @@ from search.levers import LeverSettings
 RUN_KEYS: dict[str, tuple[type, ...]] = {
     "latency-budget": (str,),
     "device": (str,),
+    "runtime": (str,),
     "task": (str,),
     "trials": (int,),
     "timeout": (int, float),
@@ -38,6 +39,7 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
     "tracking-uri": (str,),
     "seed": (int,),
     "threads": (int,),
+    "workers": (int,),
     "batch-size": (int,),
     "finetune-epochs": (int,),
     "max-accuracy-drop": (int, float),
@@ -49,6 +51,7 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
 _FIELDS = {
     "latency-budget": "latency_budget_ms",
     "device": "device",
+    "runtime": "runtime",
     "task": "task",
     "trials": "trials",
     "timeout": "timeout_s",
@@ -57,6 +60,7 @@ _FIELDS = {
     "tracking-uri": "tracking_uri",
     "seed": "seed",
     "threads": "threads",
+    "workers": "workers",
     "batch-size": "batch_size",
     "finetune-epochs": "finetune_epochs",
     "max-accuracy-drop": "max_accuracy_drop",

@@ -10,19 +10,31 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from search.runtime import INPUT_NAME, Artifact, open_session
+from search.memory import peak_memory
+from search.runtime import Artifact
 
 MIN_WARMUP_RUNS = 20
 MIN_WARMUP_S = 0.2
+# Warm-up goes on, in windows of WARMUP_WINDOW calls, until a window's median is within
+# STABLE_WITHIN of the previous one's (first calls allocate, tune kernels and fill caches),
+# or MAX_WARMUP_S has passed; the first call (a compile, for torch-compile) is timed alone.
+WARMUP_WINDOW = 10
+STABLE_WITHIN = 0.03
+MAX_WARMUP_S = 3.0
+# Repeats: at least MIN_REPEATS calls and MIN_MEASURE_S seconds, then on until the median's
+# 95% confidence interval (from order statistics) is within MEDIAN_PRECISION of it, or
+# MAX_REPEATS calls or MAX_MEASURE_S seconds.
 MIN_REPEATS = 100
 MIN_MEASURE_S = 1.0
+MEDIAN_PRECISION = 0.01
 MAX_REPEATS = 5000
+MAX_MEASURE_S = 5.0
 # Latency-first screening: after this many timed calls, a median this far over the budget
 # is not noise (repeat runs here differ by under 10%), so the rest of the protocol is spent
 # only on candidates that might fit.
@@ -32,7 +44,12 @@ SCREEN_MARGIN = 1.25
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Per-call wall time of one artifact in milliseconds, with how it was measured."""
+    """Per-call wall time of one artifact in milliseconds, with how it was measured.
+
+    ``p50_ci_ms`` is the half-width of the median's 95% confidence interval; ``first_ms``
+    the first call alone (loading, allocation, compilation); ``peak_memory_mb`` what
+    loading and running the model added at peak (``search.memory``), None if unreadable.
+    """
 
     p50_ms: float
     p95_ms: float
@@ -45,8 +62,11 @@ class LatencyStats:
     batch_size: int
     device: str
     runtime: str
+    p50_ci_ms: float | None = None
+    first_ms: float | None = None
+    peak_memory_mb: float | None = None
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return asdict(self)
 
 
@@ -54,39 +74,33 @@ def measure_latency(
     artifact: Artifact,
     inputs: np.ndarray,
     *,
+    runtime: str = "onnxruntime",
     device: str = "cpu",
     threads: int = 1,
     stop_above_ms: float | None = None,
 ) -> LatencyStats:
-    """Time ``artifact`` on ``inputs`` after a warm-up, for enough repeats to trust a median.
+    """Time ``artifact`` in ``runtime`` on ``inputs``: warm up until stable, then repeat.
 
-    Warm-up runs until both ``MIN_WARMUP_RUNS`` calls and ``MIN_WARMUP_S`` seconds have
-    passed (first calls allocate and tune kernels); measurement until both ``MIN_REPEATS``
-    calls and ``MIN_MEASURE_S`` seconds, capped at ``MAX_REPEATS``. With ``stop_above_ms``,
+    See the constants above for when warm-up and measurement end. With ``stop_above_ms``,
     measurement stops after ``SCREEN_REPEATS`` calls whose median is over
     ``SCREEN_MARGIN`` times it: the figure says "too slow", and ``repeats`` says how few
     calls it rests on.
     """
-    import onnxruntime
+    from search.runtimes import open_predictor
 
-    session = open_session(artifact.path, device=device, threads=threads)
-    feed = {INPUT_NAME: inputs}
-    warmup_runs = _run_until(session, feed, MIN_WARMUP_RUNS, MIN_WARMUP_S, MAX_REPEATS)
-    times_s: list[float] = []
-    started = time.perf_counter()
-    while len(times_s) < MAX_REPEATS and (
-        len(times_s) < MIN_REPEATS or time.perf_counter() - started < MIN_MEASURE_S
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    batch = int(inputs.shape[0])
+    with (
+        peak_memory(device, runtime) as memory,
+        open_predictor(
+            artifact, runtime=runtime, device=device, threads=threads, batch_size=batch
+        ) as predictor,
     ):
         tick = time.perf_counter()
-        session.run(None, feed)
-        times_s.append(time.perf_counter() - tick)
-        if (
-            stop_above_ms is not None
-            and len(times_s) == SCREEN_REPEATS
-            and np.median(times_s) * 1e3 > SCREEN_MARGIN * stop_above_ms
-        ):
-            break
-    times_ms = np.asarray(times_s) * 1e3
+        predictor.run(inputs)
+        first_ms = (time.perf_counter() - tick) * 1e3
+        warmup_runs = 1 + _warm_up(predictor.run, inputs)
+        times_ms = _timed_calls(predictor.run, inputs, stop_above_ms)
     return LatencyStats(
         p50_ms=float(np.percentile(times_ms, 50)),
         p95_ms=float(np.percentile(times_ms, 95)),
@@ -96,22 +110,79 @@ def measure_latency(
         repeats=len(times_ms),
         warmup_runs=warmup_runs,
         threads=threads,
-        batch_size=int(inputs.shape[0]),
+        batch_size=batch,
         device=device,
-        runtime=f"onnxruntime-{onnxruntime.__version__}",
+        runtime=predictor.label,
+        p50_ci_ms=median_ci_half_width(times_ms),
+        first_ms=first_ms,
+        peak_memory_mb=memory.mb,
     )
 
 
-def _run_until(session: object, feed: dict, min_runs: int, min_s: float, max_runs: int) -> int:
-    runs, started = 0, time.perf_counter()
-    while runs < max_runs and (runs < min_runs or time.perf_counter() - started < min_s):
-        session.run(None, feed)  # type: ignore[attr-defined]
-        runs += 1
-    return runs
+def _warm_up(run: Callable[[np.ndarray], object], inputs: np.ndarray) -> int:
+    """Call ``run`` until a window's median settles (see ``STABLE_WITHIN``); the count."""
+    runs, started, previous = 0, time.perf_counter(), None
+    while True:
+        window = []
+        for _ in range(WARMUP_WINDOW):
+            tick = time.perf_counter()
+            run(inputs)
+            window.append(time.perf_counter() - tick)
+        runs += WARMUP_WINDOW
+        median = float(np.median(window))
+        elapsed = time.perf_counter() - started
+        settled = previous is not None and abs(median - previous) <= STABLE_WITHIN * previous
+        if elapsed >= MAX_WARMUP_S or (
+            settled and runs >= MIN_WARMUP_RUNS and elapsed >= MIN_WARMUP_S
+        ):
+            return runs
+        previous = median
+
+
+def _timed_calls(
+    run: Callable[[np.ndarray], object], inputs: np.ndarray, stop_above_ms: float | None
+) -> np.ndarray:
+    """Per-call times in ms, until the median is precise enough (or screened out)."""
+    times_s: list[float] = []
+    started = time.perf_counter()
+    while len(times_s) < MAX_REPEATS:
+        tick = time.perf_counter()
+        run(inputs)
+        times_s.append(time.perf_counter() - tick)
+        count, elapsed = len(times_s), time.perf_counter() - started
+        if (
+            stop_above_ms is not None
+            and count == SCREEN_REPEATS
+            and np.median(times_s) * 1e3 > SCREEN_MARGIN * stop_above_ms
+        ):
+            break
+        if count < MIN_REPEATS or elapsed < MIN_MEASURE_S:
+            continue
+        if elapsed >= MAX_MEASURE_S:
+            break
+        if count % 50 == 0:
+            times = np.asarray(times_s)
+            if median_ci_half_width(times) <= MEDIAN_PRECISION * float(np.median(times)):
+                break
+    return np.asarray(times_s) * 1e3
+
+
+def median_ci_half_width(times: np.ndarray) -> float:
+    """Half the width of the median's distribution-free 95% confidence interval.
+
+    The interval runs between the order statistics n/2 -/+ 0.98 sqrt(n) (binomial normal
+    approximation), so it needs no assumption about the shape of the latency distribution.
+    """
+    ordered = np.sort(times)
+    n = len(ordered)
+    spread = 0.98 * np.sqrt(n)
+    low = ordered[max(0, int(np.floor(n / 2 - spread)))]
+    high = ordered[min(n - 1, int(np.ceil(n / 2 + spread)))]
+    return float(high - low) / 2
 
 
 # The fingerprint fields a latency depends on; a study refuses to mix figures across them.
-COMPARABLE_FIELDS = ("cpu_model", "cpu_count", "machine", "onnxruntime", "gpu")
+COMPARABLE_FIELDS = ("cpu_model", "cpu_count", "machine", "onnxruntime", "torch", "gpu")
 
 
 @contextlib.contextmanager
@@ -135,7 +206,7 @@ def measurement_lock(folder: Path, device: str) -> Iterator[None]:
 
 
 def hardware_fingerprint() -> dict[str, str]:
-    """What a latency figure depends on besides the model: CPU, cores, library versions."""
+    """What a latency figure depends on besides the model: CPU, cores, GPU, versions."""
     import onnxruntime
     import torch
 
@@ -148,7 +219,26 @@ def hardware_fingerprint() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "gpu_driver": _gpu_driver() if torch.cuda.is_available() else "none",
+        "cuda": str(torch.version.cuda or "none"),
     }
+
+
+def _gpu_driver() -> str:
+    """The NVIDIA driver version, from nvidia-smi where it is installed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return "unknown"
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return found.stdout.strip().splitlines()[0] if found.stdout.strip() else "unknown"
 
 
 def _cpu_model() -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import time
 import traceback
 import zlib
@@ -31,7 +32,8 @@ import torch
 from torch import nn
 
 from search.latency import MIN_REPEATS, LatencyStats, measure_latency, measurement_lock
-from search.runtime import Artifact, compact_names, evaluate, export_onnx, graph_signature
+from search.runtime import Artifact, compact_names, graph_signature
+from search.runtimes import ONNXRUNTIME, evaluate, export
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
 from search.task import Task
 from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
@@ -63,6 +65,9 @@ class TrialSettings:
     lock_dir: Path = Path("studies/locks")  # this machine's cross-process measurement locks
     space_names: tuple[str, ...] = ()  # every parameter name of the space, for the record
     options: Mapping[str, Any] = field(default_factory=dict)  # lever shape options
+    runtime: str = ONNXRUNTIME  # what runs the deployed file (search.runtimes)
+    # threads for evaluation (accuracy only; latency uses ``threads``): this process's share
+    eval_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,6 @@ class TrialObjective:
         self.settings = settings
         self.link = link
         self.workdir = workdir
-        self.eval_threads = os.cpu_count() or 1
         # model-stage key -> (trial number that fine-tuned it, model); see _fine_tuned
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
 
@@ -113,16 +117,23 @@ class TrialObjective:
             base_model=self.base_model,
             seed=self.settings.seed,
             options=self.settings.options,
+            runtime=self.settings.runtime,
         )
         plan = sample_plan(trial, ctx)
         run_id = self.link.tracker.start_run(
             self.link.experiment_id,
             name=run_name(trial.number, plan),
             parent_run_id=self.link.parent_run_id,
-            tags={TRIAL_TAG: str(trial.number), STUDY_TAG: self.link.study_name},
+            tags={
+                TRIAL_TAG: str(trial.number),
+                STUDY_TAG: self.link.study_name,
+                "host": socket.gethostname(),
+            },
         )
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("run_name", run_name(trial.number, plan))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         levers = {f"lever.{n}": p.label if p is not None else "off" for n, p in plan.items()}
         listed = every_parameter(trial.params, plan, self.settings.space_names)
         self.link.tracker.log(run_id, params={**listed, **levers})
@@ -182,7 +193,7 @@ class TrialObjective:
     def _deploy(self, model: nn.Module, plan: dict[str, Any], ctx: Context, kind: str) -> Artifact:
         """Export ``model`` and apply the artifact levers: the file that would ship."""
         example = self.task.example_inputs(1)
-        artifact: Artifact = export_onnx(model, example, ctx.workdir / kind / "model.onnx")
+        artifact = export(self.settings.runtime, model, example, ctx.workdir / kind / "model")
         for name, technique in artifact_techniques():
             if plan[name] is not None:
                 artifact = technique.apply(artifact, plan[name], ctx)
@@ -209,6 +220,7 @@ class TrialObjective:
             latency = measure_latency(
                 artifact,
                 self.task.example_inputs(self.settings.batch_size).numpy(),
+                runtime=self.settings.runtime,
                 device=self.settings.device,
                 threads=self.settings.threads,
                 stop_above_ms=self.settings.latency_budget_ms if screen else None,
@@ -228,9 +240,7 @@ class TrialObjective:
         kind: str = "deployed",
     ) -> tuple[float, float, float]:
         """Accuracy of ``artifact``, the constraints, user attrs and the MLflow run."""
-        accuracy = evaluate(
-            artifact, self.task.data("val"), self.task.metric, threads=self.eval_threads
-        )
+        accuracy = self._accuracy(artifact)
         macs, n_params = count_macs_and_params(model, self.task.example_inputs(1))
         over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
         below_floor = self.settings.accuracy_floor - accuracy
@@ -280,6 +290,18 @@ class TrialObjective:
         self.link.tracker.log_artifact(run_id, artifact.path, folder="model")
         return accuracy, latency.p50_ms, size_mb
 
+    def _accuracy(self, artifact: Artifact) -> float:
+        """The task metric of the deployed file in its runtime, on the validation split."""
+        return evaluate(
+            artifact,
+            self.task.data("val"),
+            self.task.metric,
+            runtime=self.settings.runtime,
+            device=self.settings.device,
+            threads=self.settings.eval_threads,
+            batch_size=self.settings.batch_size,
+        )
+
     def _fine_tuned(
         self,
         trial: optuna.Trial,
@@ -325,7 +347,7 @@ class TrialObjective:
         time. The trial carries the original's figures and says whose they are.
         """
         for key, value in original.user_attrs.items():
-            if key not in ("mlflow_run_id", "run_name", "baseline", "reference"):
+            if key not in ("mlflow_run_id", "run_name", "baseline", "reference", "host", "pid"):
                 trial.set_user_attr(key, value)
         trial.set_user_attr("duplicate_of", original.number)
         for key, value in original.constraints.items():
@@ -379,9 +401,11 @@ class TrialObjective:
         return model.eval()
 
 
-def deploy_baseline(model: nn.Module, task: Task, workdir: Path) -> Artifact:
+def deploy_baseline(
+    model: nn.Module, task: Task, workdir: Path, runtime: str = ONNXRUNTIME
+) -> Artifact:
     """``model`` exported exactly as a trial exports the uncompressed baseline."""
-    return compact_names(export_onnx(model, task.example_inputs(1), workdir / "base.onnx"))
+    return compact_names(export(runtime, model, task.example_inputs(1), workdir / "base"))
 
 
 def run_name(number: int, plan: dict[str, Any]) -> str:

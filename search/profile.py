@@ -1,11 +1,13 @@
 """``search profile``: what a deployed model costs, measured the way the search measures it.
 
-Targets are the task's uncompressed baseline (``baseline``), an ``.onnx`` file, or a trial
-of a study (``trial:N``, its model file fetched from MLflow). For each: file size,
-parameters, MACs (thop, where the PyTorch model is at hand; a trial's recorded figure),
-and latency percentiles and throughput at several batch sizes, with the search's protocol
-and under its measurement lock. Several targets are put side by side with ratios against
-the first, the comparison table a user would otherwise write by hand.
+Targets are the task's uncompressed baseline (``baseline``), a model file (``.onnx`` or a
+``torch.export`` ``.pt2``), or a trial of a study (``trial:N``, its model file fetched from
+MLflow). For each: file size, parameters, MACs (thop, where the PyTorch model is at hand;
+a trial's recorded figure), and latency percentiles, peak memory and throughput at several
+batch sizes, with the search's protocol and under its measurement lock. A file runs in the
+runtime its format belongs to; the baseline is exported for ``--runtime``. Several targets
+are put side by side with ratios against the first, the comparison table a user would
+otherwise write by hand.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from search.errors import ConfigError
 from search.latency import LatencyStats, measure_latency, measurement_lock
 from search.runtime import Artifact
+from search.runtimes import ONNXRUNTIME, TORCH
 from search.task import Task
 
 
@@ -67,6 +70,7 @@ def profile(
     batch_sizes: tuple[int, ...],
     threads: int,
     device: str,
+    runtime: str,
     lock_dir: Path,
 ) -> Profile:
     """Measure ``target`` at every batch size, one measurement at a time on this machine."""
@@ -75,7 +79,11 @@ def profile(
         inputs = np.ascontiguousarray(task.example_inputs(batch).numpy())
         with measurement_lock(lock_dir, device):
             latency[batch] = measure_latency(
-                target.artifact, inputs, device=device, threads=threads
+                target.artifact,
+                inputs,
+                runtime=runtime_for(target.artifact, runtime),
+                device=device,
+                threads=threads,
             )
     return Profile(
         name=target.name,
@@ -87,27 +95,47 @@ def profile(
     )
 
 
-def baseline_target(task: Task, folder: Path) -> Target:
+def runtime_for(artifact: Artifact, requested: str) -> str:
+    """An ONNX file runs in ONNX Runtime; a PyTorch program in the requested PyTorch mode."""
+    if artifact.format == "onnx":
+        return ONNXRUNTIME
+    return TORCH if requested == ONNXRUNTIME else requested
+
+
+def baseline_target(task: Task, folder: Path, runtime: str) -> Target:
     """The task's trained model, exported exactly as a search exports its baseline."""
     from search.objective import count_macs_and_params, deploy_baseline
 
     model = task.build_model().eval()
     macs, params = count_macs_and_params(model, task.example_inputs(1))
-    return Target("baseline", deploy_baseline(model, task, folder), params=params, macs=macs)
+    artifact = deploy_baseline(model, task, folder, runtime)
+    return Target("baseline", artifact, params=params, macs=macs)
 
 
 def file_target(path: Path) -> Target:
-    """An ``.onnx`` file; parameters counted from its initializers, MACs unknown."""
+    """A model file; parameters counted from its weights, MACs unknown."""
     import onnx
 
     if not path.is_file():
-        raise ConfigError(f"{path}: no such ONNX file")
+        raise ConfigError(f"{path}: no such model file")
+    if path.suffix == ".pt2":
+        return Target(path.name, Artifact(path, "torch"), params=_program_params(path))
     try:
         model = onnx.load(str(path))
     except Exception as error:
         raise ConfigError(f"{path}: not an ONNX model: {error}") from None
     params = sum(int(np.prod(init.dims)) for init in model.graph.initializer)
     return Target(path.name, Artifact(path, "onnx"), params=params)
+
+
+def _program_params(path: Path) -> int:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:
+        raise ConfigError(f"{path}: not a torch.export program: {error}") from None
+    return sum(int(t.numel()) for t in program.state_dict.values())
 
 
 def trial_target(
@@ -135,7 +163,7 @@ def trial_target(
         run_id = trials[source].user_attrs.get("mlflow_run_id")
     client = MlflowClient(tracking_uri=tracking_uri)
     downloaded = Path(client.download_artifacts(str(run_id), "model", str(folder / str(number))))
-    files = sorted(downloaded.glob("*.onnx"))
+    files = sorted([*downloaded.glob("*.onnx"), *downloaded.glob("*.pt2")])
     if not files:
         raise ConfigError(f"trial:{number}: its MLflow run {run_id} has no model file")
     return Target(
@@ -154,12 +182,13 @@ def resolve_targets(
     tracking_uri: str,
     study_name: str | None,
     folder: Path,
+    runtime: str = ONNXRUNTIME,
 ) -> list[Target]:
-    """``baseline``, ``trial:N`` or a path to an ``.onnx`` file, in the order given."""
+    """``baseline``, ``trial:N`` or a path to a model file, in the order given."""
     targets = []
     for spec in specs:
         if spec == "baseline":
-            targets.append(baseline_target(task, folder / "baseline"))
+            targets.append(baseline_target(task, folder / "baseline", runtime))
         elif spec.startswith("trial:"):
             number = spec.partition(":")[2]
             if not number.isdigit():
@@ -177,6 +206,8 @@ def resolve_targets(
 def profile_all(specs: list[str], task: Task, **kwargs: Any) -> list[Profile]:
     """Resolve and profile every target; files fetched into a temporary folder."""
     measure = {k: kwargs.pop(k) for k in ("batch_sizes", "threads", "device", "lock_dir")}
+    runtime = kwargs.pop("runtime", ONNXRUNTIME)
+    measure["runtime"] = runtime
     with tempfile.TemporaryDirectory(prefix="search-profile-") as scratch:
-        targets = resolve_targets(specs, task, folder=Path(scratch), **kwargs)
+        targets = resolve_targets(specs, task, folder=Path(scratch), runtime=runtime, **kwargs)
         return [profile(target, task, **measure) for target in targets]

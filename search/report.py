@@ -186,7 +186,9 @@ def application_order() -> str:
 
 def print_profiles(console: Console, profiles: Sequence[Profile], *, compare: bool) -> None:
     """One column per target; with ``compare``, each figure's ratio to the first target's."""
-    table = Table(title="Profile (ONNX Runtime, CPU)", box=box.SIMPLE_HEAD, title_justify="left")
+    first = next(iter(profiles[0].latency.values()))
+    title = f"Profile on {first.device}, {first.threads} thread{'s' if first.threads > 1 else ''}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("")
     for item in profiles:
         table.add_column(item.name, justify="right")
@@ -206,6 +208,7 @@ def print_profiles(console: Console, profiles: Sequence[Profile], *, compare: bo
     table.add_row("params", *cells([p.params for p in profiles], "{:,}", True))
     macs = [None if p.macs is None else p.macs / 1e6 for p in profiles]
     table.add_row("MMACs", *cells(macs, "{:.1f}", True))
+    table.add_row("runtime", *[next(iter(p.latency.values())).runtime for p in profiles])
     for batch in profiles[0].latency:
         for label in ("p50_ms", "p95_ms", "p99_ms"):
             values: list[float | None] = [getattr(p.latency[batch], label) for p in profiles]
@@ -213,6 +216,8 @@ def print_profiles(console: Console, profiles: Sequence[Profile], *, compare: bo
             table.add_row(name, *cells(values, "{:.3f}", True))
         rates: list[float | None] = [p.throughput(batch) for p in profiles]
         table.add_row(f"batch {batch} samples/s", *cells(rates, "{:,.0f}", False))
+        memory: list[float | None] = [p.latency[batch].peak_memory_mb for p in profiles]
+        table.add_row(f"batch {batch} peak memory MB", *cells(memory, "{:.2f}", True))
     console.print(table)
     if compare:
         console.print("ratios: how many times smaller, faster or higher than the first target")

@@ -1,7 +1,8 @@
 """The thin orchestration of one ``search run``: wire the parts together, in order.
 
 config -> task -> study (resume or create, baseline enqueued) -> MLflow parent run
--> study.optimize(TrialObjective) -> Pareto front -> artifacts on the parent run
+-> study.optimize(TrialObjective), here or in N worker processes (search.workers)
+-> Pareto front -> artifacts on the parent run
 """
 
 from __future__ import annotations
@@ -37,10 +38,18 @@ from search.objective import (
     reference_trials,
 )
 from search.pareto import FrontRow, nearest_trials, pareto_front, to_rows, write_csv, write_plots
-from search.runtime import Artifact, check_device, evaluate
+from search.runtime import Artifact
+from search.runtimes import check_target, evaluate
 from search.study import baseline_trial, is_feasible, open_study, stored_budget_ms
 from search.task import Task, load_task
 from search.tracking import STUDY_TAG, Tracker, redact_url
+from search.workers import (
+    WorkerJob,
+    optimize,
+    run_workers,
+    torch_threads_per_worker,
+    trial_shares,
+)
 from techniques import TECHNIQUES, Context
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -67,7 +76,7 @@ def run_search(
     config: SearchConfig, *, task: Task | None = None, on_trial: TrialCallback | None = None
 ) -> SearchResult:
     """Run (or continue) the study described by ``config`` and log it to MLflow."""
-    check_device(config.device)
+    check_target(config.runtime, config.device)
     task = task or load_task(config.task, cache_dir=config.cache_dir)
     config.studies_dir.mkdir(parents=True, exist_ok=True)
     config.mlruns_dir.mkdir(parents=True, exist_ok=True)
@@ -80,9 +89,15 @@ def run_search(
     ctx, notes, fixed = prepared.ctx, prepared.not_applicable, prepared.fixed
     base_model = ctx.base_model
     with tempfile.TemporaryDirectory(prefix="search-base-") as scratch:
-        base_artifact = deploy_baseline(base_model, task, Path(scratch))
+        base_artifact = deploy_baseline(base_model, task, Path(scratch), config.runtime)
         baseline_accuracy = evaluate(
-            base_artifact, task.data("val"), task.metric, threads=os.cpu_count() or 1
+            base_artifact,
+            task.data("val"),
+            task.metric,
+            runtime=config.runtime,
+            device=config.device,
+            threads=os.cpu_count() or 1,
+            batch_size=config.batch_size,
         )
         if config.latency_budget_factor is not None:
             config = replace(
@@ -132,20 +147,38 @@ def run_search(
             seed=config.seed,
             space_names=tuple(prepared.space),
             options=ctx.options,
+            runtime=config.runtime,
         )
-        link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
-        with tempfile.TemporaryDirectory(prefix="search-") as scratch:
-            objective = TrialObjective(task, base_model, settings, link, Path(scratch))
-            study.optimize(
-                objective,
-                n_trials=config.trials,
-                timeout=config.timeout_s,
-                catch=(Exception,),
-                callbacks=[on_trial] if on_trial else None,
-                # No gc.collect() after each trial: it took 0.26 s, more than a tenth of a
-                # trial stopped by latency-first; the model cache bounds memory instead.
-                gc_after_trial=False,
-            )
+        if config.workers == 1:
+            link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
+            with tempfile.TemporaryDirectory(prefix="search-") as scratch:
+                objective = TrialObjective(task, base_model, settings, link, Path(scratch))
+                optimize(
+                    study,
+                    objective,
+                    trials=config.trials,
+                    timeout_s=config.timeout_s,
+                    callbacks=[on_trial] if on_trial else None,
+                )
+        else:
+            shares = trial_shares(config.trials, config.workers)
+            threads = torch_threads_per_worker(config.workers)
+            jobs = [
+                WorkerJob(
+                    config=config,
+                    settings=replace(settings, eval_threads=threads),
+                    study_name=study.study_name,
+                    experiment_id=experiment_id,
+                    parent_run_id=parent_run_id,
+                    fixed=dict(fixed),
+                    index=index,
+                    trials=share,
+                    torch_threads=threads,
+                )
+                for index, share in enumerate(shares)
+                if share != 0
+            ]
+            run_workers(jobs, study, on_trial)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -169,7 +202,7 @@ class PreparedSpace:
 def prepare_space(config: SearchConfig, task: Task) -> PreparedSpace:
     """Build the model, find which levers apply and the space, check the lever settings."""
     check_levers_and_options(config.levers)
-    base_model = _build_model(task, config.task)
+    base_model = build_model(task, config.task)
     ctx = Context(
         task=task,
         device=config.device,
@@ -177,6 +210,7 @@ def prepare_space(config: SearchConfig, task: Task) -> PreparedSpace:
         base_model=base_model,
         seed=config.seed,
         options=config.levers.options(),
+        runtime=config.runtime,
     )
     notes = not_applicable(ctx)
     space = explore_space(ctx)
@@ -199,6 +233,7 @@ def _relative_budget(config: SearchConfig, task: Task, base_artifact: Artifact) 
     baseline = measure_latency(
         base_artifact,
         task.example_inputs(config.batch_size).numpy(),
+        runtime=config.runtime,
         device=config.device,
         threads=config.threads,
     )
@@ -215,7 +250,7 @@ def not_applicable(ctx: Context) -> dict[str, str]:
     return notes
 
 
-def _build_model(task: Task, spec: str) -> nn.Module:
+def build_model(task: Task, spec: str) -> nn.Module:
     """The task's trained model; a failure inside the user's code is one clear line."""
     try:
         return task.build_model().eval()

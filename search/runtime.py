@@ -1,7 +1,8 @@
-"""The deployed artifact: export to ONNX and run it in ONNX Runtime.
+"""The deployed artifact, and ONNX Runtime: export to ONNX and run it.
 
-Every reported number (accuracy, latency, size) comes from the ``.onnx`` file that would be
-shipped, run by the runtime that would run it, never from the PyTorch stand-in.
+Every reported number (accuracy, latency, size) comes from the file that would be shipped,
+run by the runtime that would run it, never from the PyTorch stand-in. The other runtimes
+(PyTorch eager and compiled) are in ``search.torch_runtime``; ``search.runtimes`` chooses.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-
-from search.errors import ConfigError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -36,20 +34,24 @@ class Artifact:
     def size_bytes(self) -> int:
         return self.path.stat().st_size
 
+    @property
+    def format(self) -> str:
+        """``onnx`` for an ONNX file, ``torch`` for a ``torch.export`` program (``.pt2``)."""
+        return "torch" if self.path.suffix == ".pt2" else "onnx"
 
-def check_device(device: str) -> None:
-    """Refuse a device this machine cannot measure on, with the reason and the fix."""
-    if device == "cpu":
-        return
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda: no CUDA GPU is visible to PyTorch on this machine; use --device cpu"
-        )
-    if _PROVIDERS[device] not in ort.get_available_providers():
-        raise ConfigError(
-            "--device cuda: this ONNX Runtime has no CUDAExecutionProvider; "
-            "install onnxruntime-gpu in place of onnxruntime, or use --device cpu"
-        )
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded model: ``run`` maps an input batch to outputs, both numpy on the host.
+
+    ``fixed_batch`` is set when the runtime specialises on the input shape (a compiled
+    graph recompiles, tens of seconds here, for every new batch size): evaluation then
+    feeds it batches of exactly that size. ``label`` names runtime, version and mode.
+    """
+
+    run: Callable[[np.ndarray], np.ndarray]
+    label: str
+    fixed_batch: int | None = None
 
 
 def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> Artifact:
@@ -82,9 +84,13 @@ def compact_names(artifact: Artifact) -> Artifact:
     The exporters name every tensor after its module path, and quantization adds a
     QuantizeLinear/DequantizeLinear pair per tensor: in an int8 file these strings were a
     fifth of the bytes. Every candidate, the baseline included, goes through this, so size
-    ratios compare like with like. Graph inputs and outputs keep their names.
+    ratios compare like with like. Graph inputs and outputs keep their names. A PyTorch
+    program is returned as it is.
     """
     import onnx
+
+    if artifact.format != "onnx":
+        return artifact
 
     model = onnx.load(str(artifact.path))
     graph = model.graph
@@ -121,6 +127,10 @@ def graph_signature(artifact: Artifact) -> str:
 
     import onnx
 
+    if artifact.format == "torch":
+        from search.torch_runtime import program_signature
+
+        return program_signature(artifact.path)
     model = onnx.load(str(artifact.path))
     for initializer in model.graph.initializer:
         initializer.ClearField("raw_data")
@@ -144,18 +154,12 @@ def open_session(path: Path, *, device: str = "cpu", threads: int = 1) -> ort.In
     return ort.InferenceSession(str(path), options, providers=[_PROVIDERS[device]])
 
 
-def evaluate(
-    artifact: Artifact,
-    loader: DataLoader,
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    *,
-    device: str = "cpu",
-    threads: int = 1,
-) -> float:
-    """The task metric of the deployed file over one data split."""
-    session = open_session(artifact.path, device=device, threads=threads)
-    outputs, targets = [], []
-    for inputs, batch_targets in loader:
-        outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0])
-        targets.append(batch_targets.numpy())
-    return metric(np.concatenate(outputs), np.concatenate(targets))
+def onnxruntime_predictor(path: Path, *, device: str = "cpu", threads: int = 1) -> Predictor:
+    """``path`` in an ONNX Runtime session; on CUDA, ``run`` returns after the copy back."""
+    session = open_session(path, device=device, threads=threads)
+
+    def run(inputs: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
+
+    provider = session.get_providers()[0]
+    return Predictor(run=run, label=f"onnxruntime-{ort.__version__}/{provider}")

@@ -29,6 +29,7 @@ _IDENTITY_KEYS = (
     "latency_budget_factor",
     "latency_budget_ms",
     "device",
+    "runtime",
     "threads",
     "batch_size",
     "max_accuracy_drop",
@@ -41,6 +42,7 @@ def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
         "latency_budget_ms": config.latency_budget_ms,
         "latency_budget_factor": config.latency_budget_factor,
         "device": config.device,
+        "runtime": config.runtime,
         "threads": config.threads,
         "batch_size": config.batch_size,
         "max_accuracy_drop": config.max_accuracy_drop,
@@ -88,7 +90,8 @@ def open_study(
     name = config.resolved_study_name(task_name)
     identity = study_identity(config, task_name)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    hardware = {k: hardware_fingerprint()[k] for k in COMPARABLE_FIELDS}
+    fingerprint = hardware_fingerprint()
+    hardware = {k: fingerprint[k] for k in COMPARABLE_FIELDS}
     if name in existing:
         _check_identity(name, dict(existing[name].user_attrs), identity)
         if not config.allow_mixed_hardware:

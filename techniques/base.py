@@ -5,7 +5,7 @@ Three kinds exist, by what they act on, applied in this order:
 * a ``ModelTechnique`` changes the PyTorch model before export (expand ratios, pruning,
   low-rank); when one changes the weights the trial fine-tunes before export;
 * a ``TrainingTechnique`` changes that fine-tuning (distillation, LoRA);
-* an ``ArtifactTechnique`` rewrites the exported ONNX file (quantization); it may also ask
+* an ``ArtifactTechnique`` rewrites the exported file (quantization); it may also ask
   for a fine-tune and shape it (quantization-aware training simulates int8 in it).
 
 Each declares its parameters define-by-run under its own prefix (``prune.ratio``) with
@@ -46,6 +46,8 @@ class Context:
         seed: for anything random inside a technique.
         options: the user's choices of how a lever is shaped (not searched), by their
             namespaced name, e.g. ``{"width.per": "block"}``; see each ``options``.
+        runtime: what runs the deployed model (``search.runtimes``): which number formats
+            exist, and the artifact's file format, depend on it.
     """
 
     task: Task
@@ -54,6 +56,7 @@ class Context:
     base_model: nn.Module
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
+    runtime: str = "onnxruntime"
 
 
 class ModelTechnique(Protocol):

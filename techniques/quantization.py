@@ -1,12 +1,14 @@
-"""Number formats for the exported ONNX model: fp16, and int8 by ONNX Runtime's tools.
+"""Number formats for the exported model: fp16/bf16, and int8 by ONNX Runtime's tools.
 
-Schemes: ``fp32`` (the lever off); ``fp16`` (weights and arithmetic in half precision,
-inputs and outputs kept float32); ``int8-dynamic`` (weights int8, activations quantized on
-the fly); ``int8-static`` (QDQ, activation ranges calibrated on training data, per-tensor or
-per-channel weights); ``int8-qat`` (the same QDQ graph, but the recovery fine-tune ran
-through fake quantization first, see ``techniques.fake_quant``, so the weights are trained
-for their grid). Only schemes the target can run are offered: on CUDA, ONNX Runtime has no
-kernel for the ConvInteger that int8-dynamic writes, so it would silently time the CPU.
+Schemes: ``fp32`` (the lever off); ``fp16`` and ``bf16`` (weights and arithmetic in half
+precision, inputs and outputs kept float32; bf16 only for the PyTorch runtimes on CUDA);
+``int8-dynamic`` (weights int8, activations quantized on the fly); ``int8-static`` (QDQ,
+activation ranges calibrated on training data, per-tensor or per-channel weights);
+``int8-qat`` (the same QDQ graph, but the recovery fine-tune ran through fake quantization
+first, see ``techniques.fake_quant``, so the weights are trained for their grid). Only
+schemes the runtime can run on the device are offered (``search.runtimes.formats``): on
+CUDA, ONNX Runtime has no kernel for the ConvInteger that int8-dynamic writes, so it would
+silently time the CPU; int8 exists only in ONNX Runtime.
 
 Whether int8 pays depends on the target's kernels, not on a rule: on an AVX2 CPU without
 VNNI, QDQ per-channel with uint8 activations was 1.4x faster than fp32 while the default
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from search.runtime import INPUT_NAME, Artifact
+from search.runtimes import formats
 from search.training import Recipe
 from techniques.base import Context, TechniqueError
 from techniques.fake_quant import FakeQuantSpec, insert_fake_quant, remove_fake_quant
@@ -39,11 +42,8 @@ if TYPE_CHECKING:
     import optuna
     from torch.utils.data import DataLoader
 
-SCHEMES = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-qat")
-SCHEMES_BY_DEVICE = {
-    "cpu": SCHEMES,
-    "cuda": ("fp32", "fp16", "int8-static", "int8-qat"),
-}
+SCHEMES = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int8-qat")
+HALF = ("fp16", "bf16")
 INT8_QDQ = ("int8-static", "int8-qat")
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -75,7 +75,7 @@ class QuantParams:
     @property
     def label(self) -> str:
         """Short human name for run names and tables, e.g. ``int8s-pc-u8``."""
-        if self.scheme in ("fp32", "fp16"):
+        if self.scheme in ("fp32", *HALF):
             return self.scheme
         if self.scheme == "int8-dynamic":
             return "int8d"
@@ -122,7 +122,7 @@ class Quantization:
         return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> QuantParams | None:
-        scheme = trial.suggest_categorical("quant.scheme", SCHEMES_BY_DEVICE[ctx.device])
+        scheme = trial.suggest_categorical("quant.scheme", formats(ctx.runtime, ctx.device))
         if scheme == "fp32":
             return None
         if scheme not in INT8_QDQ:
@@ -155,9 +155,20 @@ class Quantization:
 
 
 def quantize(artifact: Artifact, params: QuantParams, *, calibration: DataLoader) -> Artifact:
-    """Write ``<stem>.<label>.onnx`` beside ``artifact``, quantized as ``params`` say."""
+    """Write ``<stem>.<label>.<suffix>`` beside ``artifact``, in the format ``params`` say."""
     if params.scheme == "fp32":
         return artifact
+    if artifact.format == "torch":
+        if params.scheme not in HALF:
+            raise TechniqueError(
+                f"quant.scheme={params.scheme}: int8 runs through ONNX Runtime; "
+                "a PyTorch program takes fp16 or bf16"
+            )
+        from search.torch_runtime import to_half
+
+        return to_half(artifact, params.scheme)
+    if params.scheme == "bf16":
+        raise TechniqueError("quant.scheme=bf16 is offered for the PyTorch runtimes only")
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
         return _quantize(artifact, params, calibration)
 

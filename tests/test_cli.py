@@ -25,6 +25,8 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
         (["--latency-budget", "5ms", "--task", "nope"], "is not a task"),
         (["--latency-budget", "5ms", "--task", "missing.py:make"], "no such file"),
         (["--latency-budget", "5ms", "--device", "tpu"], "--device"),
+        (["--latency-budget", "5ms", "--runtime", "tflite"], "--runtime"),
+        (["--latency-budget", "5ms", "--workers", "0"], "--workers"),
         (["--trials", "2"], "give --latency-budget"),
         (["--latency-budget", "5ms", "--off", "bogus"], "no such lever"),
         (["--latency-budget", "5ms", "--fix", "prune.ratio"], "NAME=VALUE"),
@@ -98,7 +100,8 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --config bad.toml: [run] latency_budget is not an option; known: "
-        "latency-budget, device, task, trials, timeout, study, storage, tracking-uri, seed, "
-        "threads, batch-size, finetune-epochs, max-accuracy-drop, latency-first, "
+        "latency-budget, device, runtime, task, trials, timeout, study, storage, tracking-uri, "
+        "seed, threads, workers, batch-size, finetune-epochs, max-accuracy-drop, "
+        "latency-first, "
         "allow-mixed-hardware"
     ]

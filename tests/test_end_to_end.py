@@ -303,3 +303,21 @@ def test_levers_switched_off_and_fixed_hold_in_every_sampled_trial(home, tiny_ta
             assert "QuantizeLinear" in ops
     parent = client.get_run(result.parent_run_id)
     assert parent.data.params["levers.off"] == "width,prune,lowrank,lora"
+
+
+def test_a_search_in_pytorch_deploys_programs_and_records_the_runtime(home, tiny_task) -> None:
+    config = config_for(home, runtime="torch", trials=2)
+    result = run_search(config, task=tiny_task)
+    assert result.study_name.endswith("-torch")
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    assert study.user_attrs["runtime"] == "torch"
+    trials = [t for t in finished(study) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.user_attrs["latency"]["runtime"].startswith("torch-")
+        assert trial.params["quant.scheme"] == "fp32"  # the only format eager CPU offers
+    client = MlflowClient(tracking_uri=config.mlflow_uri)
+    run_id = trials[0].user_attrs["mlflow_run_id"]
+    (model_file,) = client.list_artifacts(run_id, "model")
+    assert model_file.path.endswith(".pt2")
+    assert client.get_run(run_id).data.params["latency.runtime"].startswith("torch-")

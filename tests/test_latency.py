@@ -1,7 +1,8 @@
 import numpy as np
 
 from search.latency import LatencyStats, hardware_fingerprint, measure_latency
-from search.runtime import compact_names, evaluate, export_onnx
+from search.runtime import compact_names, export_onnx
+from search.runtimes import evaluate
 
 
 def test_latency_stats_are_ordered_and_carry_their_protocol(tiny_task, tmp_path) -> None:

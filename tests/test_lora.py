@@ -1,7 +1,8 @@
 import torch
 from torch import nn
 
-from search.runtime import evaluate, export_onnx
+from search.runtime import export_onnx
+from search.runtimes import evaluate
 from search.tasks.mobilenetv2 import MobileNetV2, MobileNetV2Config
 from search.training import fit
 from techniques.lora import LoRALayer, add_adapters, merge_adapters

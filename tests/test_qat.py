@@ -7,7 +7,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from search.runtime import evaluate, export_onnx, open_session
+from search.runtime import export_onnx, open_session
+from search.runtimes import evaluate
 from search.training import Recipe, fit
 from techniques import Context
 from techniques.fake_quant import (

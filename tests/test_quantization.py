@@ -2,7 +2,8 @@
 
 import pytest
 
-from search.runtime import evaluate, export_onnx
+from search.runtime import export_onnx
+from search.runtimes import evaluate
 from techniques.base import TechniqueError
 from techniques.quantization import QuantParams, quantize
 
@@ -63,14 +64,25 @@ def test_fp16_export_runs_at_float_accuracy_in_half_the_bytes(fp32, tiny_task) -
     assert half.size_bytes < 0.6 * artifact.size_bytes
 
 
-def test_cuda_offers_no_dynamic_int8(tiny_task, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("runtime", "device", "expected"),
+    [
+        ("onnxruntime", "cpu", {"fp32", "fp16", "int8-dynamic", "int8-static", "int8-qat"}),
+        ("onnxruntime", "cuda", {"fp32", "fp16", "int8-static", "int8-qat"}),
+        ("torch", "cpu", {"fp32"}),
+        ("torch-compile", "cuda", {"fp32", "fp16", "bf16"}),
+    ],
+)
+def test_each_runtime_offers_only_the_formats_it_runs(
+    tiny_task, tmp_path, runtime, device, expected
+) -> None:
     import optuna
 
     from techniques import Context
-    from techniques.quantization import SCHEMES_BY_DEVICE, Quantization
+    from techniques.quantization import Quantization
 
-    ctx = Context(tiny_task, "cuda", tmp_path, tiny_task.build_model())
+    ctx = Context(tiny_task, device, tmp_path, tiny_task.build_model(), runtime=runtime)
     trial = optuna.create_study().ask()
     Quantization().space(trial, ctx)
     offered = trial.distributions["quant.scheme"].choices  # type: ignore[attr-defined]
-    assert "int8-dynamic" not in offered and tuple(offered) == SCHEMES_BY_DEVICE["cuda"]
+    assert set(offered) == expected

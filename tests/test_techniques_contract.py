@@ -37,7 +37,8 @@ def test_space_is_namespaced_and_replayable(name, ctx) -> None:
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
 def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> None:
-    from search.runtime import evaluate, export_onnx
+    from search.runtime import export_onnx
+    from search.runtimes import evaluate
 
     technique = TECHNIQUES[name]
     params_dict = dict(technique.reference_params(ctx) or {})
