@@ -178,7 +178,9 @@ class TrialObjective:
             if plan[name] is not None:
                 architecture = technique.apply(architecture, plan[name], ctx)
         draft = self._deploy(architecture, plan, ctx, "draft")
-        latency = self._latency(trial, draft, screen=self.settings.latency_first)
+        # The baseline is every ratio's reference: always a full measurement, never screened.
+        screen = self.settings.latency_first and not trial.user_attrs.get("baseline")
+        latency = self._latency(trial, draft, screen=screen)
         if not fine_tunes(plan):  # nothing to fine-tune: the draft is the deployed file
             return self._record(trial, run_id, architecture, draft, latency, started)
         if self.settings.latency_first and latency.p50_ms > self.settings.latency_budget_ms:

@@ -162,4 +162,6 @@ def onnxruntime_predictor(path: Path, *, device: str = "cpu", threads: int = 1) 
         return session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
 
     provider = session.get_providers()[0]
+    if provider != _PROVIDERS[device]:  # ORT falls back to the CPU when a provider fails
+        raise RuntimeError(f"{path.name}: ONNX Runtime could not run it on {device} ({provider})")
     return Predictor(run=run, label=f"onnxruntime-{ort.__version__}/{provider}")

@@ -321,3 +321,24 @@ def test_a_search_in_pytorch_deploys_programs_and_records_the_runtime(home, tiny
     (model_file,) = client.list_artifacts(run_id, "model")
     assert model_file.path.endswith(".pt2")
     assert client.get_run(run_id).data.params["latency.runtime"].startswith("torch-")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch", "torch-compile"])
+def test_a_cuda_search_measures_on_the_gpu(home, tiny_task, runtime) -> None:
+    import onnxruntime
+
+    if runtime == "onnxruntime" and (
+        "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    ):
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider")
+    config = config_for(home, device="cuda", runtime=runtime, trials=3)
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    for trial in complete:
+        latency = trial.user_attrs["latency"]
+        assert latency["device"] == "cuda" and latency["p50_ms"] > 0
+        assert latency["peak_memory_mb"] is not None and latency["peak_memory_mb"] > 0
+    assert study.user_attrs["hardware"]["gpu"] != "none"
