@@ -302,6 +302,158 @@ def profile_command(
         print_profiles(Console(), profiles, compare=compare)
 
 
+StudyNameOption = Annotated[
+    str | None, typer.Option("--study", help="Study name (default: the storage's only study).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")]
+
+
+@app.command(name="status")
+def status_command(
+    study: StudyNameOption = None, storage: StorageOption = None, json_output: JsonOption = False
+) -> None:
+    """A study's progress: trials by state, feasible ones, the baseline and the best."""
+    import json
+
+    from search.browse import status
+    from search.config import SearchConfig
+    from search.report import print_status
+    from search.study import load_existing_study
+
+    config = SearchConfig(storage=storage, home=Path.cwd())
+    summary = status(load_existing_study(config.storage_url, study))
+    if json_output:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_status(Console(), summary)
+
+
+@app.command(name="pareto")
+def pareto_command(
+    study: StudyNameOption = None, storage: StorageOption = None, json_output: JsonOption = False
+) -> None:
+    """A study's Pareto front of feasible trials, with ratios against the baseline."""
+    import json
+
+    from search.browse import front, front_as_dicts
+    from search.config import SearchConfig
+    from search.report import front_table
+    from search.study import load_existing_study
+
+    config = SearchConfig(storage=storage, home=Path.cwd())
+    loaded = load_existing_study(config.storage_url, study)
+    rows = front(loaded)
+    if json_output:
+        print(json.dumps(front_as_dicts(rows), indent=2))
+        return
+    budget = loaded.user_attrs.get("latency_budget_ms")
+    title = f"Pareto front of {loaded.study_name}" + (f" (budget {budget:g} ms)" if budget else "")
+    Console().print(front_table(rows, title) if rows else "no feasible trial yet")
+
+
+@app.command(name="promote")
+def promote_command(
+    study: StudyNameOption = None,
+    trial: Annotated[
+        int | None,
+        typer.Option(help="Trial to promote (default: the most accurate feasible one)."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Registered model name (default: the study's name).")
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            help="Champion moves if test accuracy >= champion's minus this (0.005: half a point)."
+        ),
+    ] = 0.005,
+    force: Annotated[
+        bool, typer.Option("--force", help="Make it champion whatever the checks say.")
+    ] = False,
+    export: Annotated[
+        Path | None, typer.Option(help="Also write the model file and its card to this folder.")
+    ] = None,
+    task: TaskOption = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Re-validate on the test split, re-measure, and register a trial's model in MLflow."""
+    from search.config import SearchConfig
+    from search.errors import ConfigError
+    from search.promote import promote
+    from search.study import load_existing_study
+    from search.task import load_task
+
+    if not 0 <= tolerance < 1:
+        raise ConfigError(f"--tolerance {tolerance:g}: a drop in the metric from 0 to 1")
+    config = SearchConfig(
+        task=task or "digits", storage=storage, tracking_uri=tracking_uri, home=Path.cwd()
+    )
+    loaded_study = load_existing_study(config.storage_url, study)
+    loaded_task = load_task(config.task, cache_dir=config.cache_dir)
+    result = promote(
+        loaded_study,
+        loaded_task,
+        storage_url=config.storage_url,
+        tracking_uri=config.mlflow_uri,
+        trial_number=trial,
+        model_name=name,
+        tolerance=tolerance,
+        force=force,
+        lock_dir=config.studies_dir / "locks",
+        export_dir=export,
+    )
+    console = Console()
+    card = result.card
+    if result.already:
+        console.print(
+            f"trial {card.trial} of {card.study} is already {result.model_name} version "
+            f"{result.version}: nothing to do"
+        )
+    else:
+        console.print(
+            f"registered {result.model_name} version {result.version} (alias challenger): "
+            f"trial {card.trial}, test accuracy {card.test_accuracy:.4f}, "
+            f"p50 {card.latency['p50_ms']:.4f} ms, {card.size_bytes / 1e6:.3f} MB"
+        )
+        console.print(result.reason)
+    if export is not None:
+        console.print(f"model file and card written to {export}")
+
+
+@app.command(name="ui")
+def ui_command(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it off the network.")
+    ] = "127.0.0.1",
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Serve the MLflow UI on the project's store (127.0.0.1 unless told otherwise)."""
+    import subprocess
+
+    from search.config import SearchConfig
+    from search.errors import ConfigError
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: use 1 to 65535")
+    config = SearchConfig(tracking_uri=tracking_uri, home=Path.cwd())
+    config.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", config.mlflow_uri,
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    if config.tracking_uri is None:
+        command += ["--default-artifact-root", str((config.mlruns_dir / "artifacts").resolve())]
+    Console().print(f"MLflow UI at http://{host}:{port} (Ctrl-C stops it)")
+    with subprocess.Popen(command) as server:
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            server.terminate()
+            server.wait()
+
+
 def _levers(config: Path | None, off: list[str] | None, fix: list[str] | None) -> tuple:
     """The config file's contents and its lever settings with the command line's on top."""
     from search.config_file import load_config_file

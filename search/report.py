@@ -221,3 +221,29 @@ def print_profiles(console: Console, profiles: Sequence[Profile], *, compare: bo
     console.print(table)
     if compare:
         console.print("ratios: how many times smaller, faster or higher than the first target")
+
+
+def print_status(console: Console, summary: dict) -> None:
+    """``search status``: one study's progress in a few lines."""
+    budget = summary["latency_budget_ms"]
+    console.print(
+        f"study [bold]{summary['study']}[/bold]: task {summary['task']}, "
+        f"{summary['device']}/{summary['runtime']}, budget "
+        + (f"{budget:g} ms" if budget is not None else "-")
+    )
+    states = ", ".join(f"{count} {state.lower()}" for state, count in summary["states"].items())
+    console.print(
+        f"{summary['trials']} trials ({states or 'none'}); {summary['feasible']} feasible, "
+        f"{summary['stopped_before_fine_tuning']} stopped before fine-tuning; "
+        f"front of {summary['front_size']}"
+    )
+    for label in ("baseline", "best_feasible"):
+        figures = summary[label]
+        if figures is not None:
+            console.print(
+                f"{label.replace('_', ' ')}: trial {figures['trial']} {figures['name']}, "
+                f"accuracy {figures['accuracy']:.4f}, p50 {figures['latency_p50_ms']:.3f} ms, "
+                f"{figures['size_mb']:.3f} MB"
+            )
+    if summary["hosts"]:
+        console.print(f"hosts: {', '.join(summary['hosts'])}")

@@ -160,3 +160,22 @@ def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         if trial.user_attrs.get("baseline"):
             return trial
     return None
+
+
+def load_existing_study(storage_url: str, name: str | None) -> optuna.Study:
+    """An existing study by name; without a name, the storage's only study.
+
+    Refused in one line, naming the studies there, when the name is unknown or when the
+    storage holds several and none was named.
+    """
+    storage = make_storage(storage_url)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    if name is None:
+        if len(names) != 1:
+            listed = ", ".join(names) if names else "none"
+            raise StudyError(f"say which study with --study NAME (studies here: {listed})")
+        name = names[0]
+    if name not in names:
+        listed = ", ".join(names) if names else "none"
+        raise StudyError(f"--study {name}: no such study in {storage_url} (studies: {listed})")
+    return optuna.load_study(study_name=name, storage=storage)
