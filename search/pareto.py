@@ -111,6 +111,31 @@ def write_csv(rows: Sequence[FrontRow], path: Path) -> Path:
     return path
 
 
+def write_front_markdown(rows: Sequence[FrontRow], path: Path, budget_ms: float) -> Path:
+    """The front as a Markdown table with ratios against the baseline, for the MLflow UI."""
+    lines = [
+        f"# Pareto front: feasible trials within {budget_ms:g} ms p50",
+        "",
+        "| trial | candidate | accuracy | Δ points | p50 ms | faster | MB | smaller | MMACs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        delta = "" if row.accuracy_delta is None else f"{row.accuracy_delta * 100:+.2f}"
+        faster = "" if row.speedup is None else f"{row.speedup:.2f}×"
+        smaller = "" if row.shrink is None else f"{row.shrink:.2f}×"
+        lines.append(
+            f"| {row.number} | {row.name} | {row.accuracy:.4f} | {delta} | "
+            f"{row.latency_p50_ms:.4f} | {faster} | {row.size_mb:.4f} | {smaller} | "
+            f"{row.macs / 1e6:.2f} |"
+        )
+    if not rows:
+        lines.append("| - | no feasible trial yet | | | | | | | |")
+    partial = path.with_suffix(".partial")
+    partial.write_text("\n".join(lines) + "\n")
+    os.replace(partial, path)
+    return path
+
+
 def write_plots(study: optuna.Study, folder: Path, *, budget_ms: float) -> list[Path]:
     """``pareto.html`` (Optuna's interactive 3-D front) and ``pareto.png`` (a 2-D summary).
 

@@ -7,6 +7,7 @@ config -> task -> study (resume or create, baseline enqueued) -> MLflow parent r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -37,10 +38,19 @@ from search.objective import (
     deploy_baseline,
     reference_trials,
 )
-from search.pareto import FrontRow, nearest_trials, pareto_front, to_rows, write_csv, write_plots
+from search.pareto import (
+    FrontRow,
+    nearest_trials,
+    pareto_front,
+    to_rows,
+    write_csv,
+    write_front_markdown,
+    write_plots,
+)
 from search.runtime import Artifact
 from search.runtimes import check_target, evaluate
 from search.study import baseline_trial, is_feasible, open_study, stored_budget_ms
+from search.study_plots import write_study_plots
 from search.task import Task, load_task
 from search.tracking import STUDY_TAG, Tracker, redact_url
 from search.workers import (
@@ -240,6 +250,15 @@ def _relative_budget(config: SearchConfig, task: Task, base_artifact: Artifact) 
     return config.latency_budget_factor * baseline.p50_ms
 
 
+def _recorded_config(config: SearchConfig) -> dict[str, Any]:
+    """The run's configuration as the parent run keeps it (storage password masked)."""
+    recorded = {k: v for k, v in asdict(config).items() if k not in ("home", "levers")}
+    recorded["storage"] = redact_url(config.storage_url)
+    recorded["tracking_uri"] = redact_url(config.mlflow_uri)
+    recorded["levers"] = config.levers.describe()
+    return recorded
+
+
 def not_applicable(ctx: Context) -> dict[str, str]:
     """Levers that cannot act on this model, with the reason: reported once per run."""
     notes = {}
@@ -287,6 +306,15 @@ def _summarise(
                 else []
             ),
         ]
+        if has_values:
+            plots, skipped = write_study_plots(study, folder)
+            files += plots
+            for name, why in skipped.items():
+                tracker.set_tag(parent_run_id, f"plot_skipped.{name}", why)
+        files.append(write_front_markdown(front, folder / "front.md", config.latency_budget_ms))
+        config_file = folder / "config.json"
+        config_file.write_text(json.dumps(_recorded_config(config), indent=2, default=str))
+        files.append(config_file)
         for path in files:
             tracker.log_artifact(parent_run_id, path)
     on_front = {t.number for t in front_trials}

@@ -66,7 +66,8 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     assert parent.data.params["latency_budget"] == "1000ms"
     assert "hardware.cpu_model" in parent.data.tags
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"pareto.csv", "pareto.html", "pareto.png"} <= artifacts
+    assert {"pareto.csv", "pareto.html", "pareto.png", "front.md", "config.json"} <= artifacts
+    assert {"importance.html", "history.html"} <= artifacts
 
     every_name = set(prepare_space(config, tiny_task).space)
     assert {"prune.importance", "quant.calibration", "lora.rank"} <= every_name

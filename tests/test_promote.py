@@ -80,8 +80,12 @@ def test_promotion_registers_a_champion_that_loads_back_with_its_accuracy(
     refused = promote_in(config, study, tiny_task, trial_number=worst.number)
     assert not refused.champion and "below the champion's" in refused.reason
     assert str(client.get_model_version_by_alias("tiny", "champion").version) == first.version
-    forced = promote_in(config, study, tiny_task, trial_number=worst.number, model_name="tiny2")
-    assert forced.champion  # a new name: the first champion of its own model
+
+    # Another model: the worse trial is its first champion; the better one then takes over.
+    low = promote_in(config, study, tiny_task, trial_number=worst.number, model_name="seq")
+    high = promote_in(config, study, tiny_task, trial_number=best.number, model_name="seq")
+    assert low.champion and high.champion and high.reason.startswith("champion: test accuracy")
+    assert str(client.get_model_version_by_alias("seq", "champion").version) == high.version
 
 
 def test_a_study_without_a_feasible_trial_is_refused_with_figures(home, tiny_task) -> None:
@@ -91,6 +95,12 @@ def test_a_study_without_a_feasible_trial_is_refused_with_figures(home, tiny_tas
     study = optuna.load_study(study_name="tight", storage=config.storage_url)
     with pytest.raises(ConfigError, match=r"no feasible trial: the nearest, trial 0, runs at"):
         promote_in(config, study, tiny_task)
+    refused = subprocess.run(
+        [sys.executable, "-m", "search.cli", "promote", "--study", "tight", "--task", TINY],
+        capture_output=True, text=True, timeout=120, cwd=home,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "budget" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_status_and_pareto_print_tables_and_json(searched) -> None:
