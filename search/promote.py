@@ -26,6 +26,7 @@ from search.profile import trial_target
 from search.runtimes import evaluate
 from search.study import is_feasible
 from search.task import Task
+from search.tracking import STUDY_TAG
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -239,7 +240,7 @@ def _register(
     run = client.create_run(
         experiment.experiment_id,
         run_name=f"promote t{trial:03d}",
-        tags={"kind": "promotion", "search.study": study, "search.trial": str(trial)},
+        tags={"kind": "promotion", STUDY_TAG: study, "promoted_trial": str(trial)},
     )
     mlflow.set_tracking_uri(client.tracking_uri)
     model = onnx.load(str(path))

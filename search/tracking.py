@@ -7,6 +7,7 @@ run per trial, linked both ways (run id on the trial, trial number on the run).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,9 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str, *, artifact_root: Path | None = None) -> None:
+        # MLflow prints "View run ... at" for every run ended on a server (and fetches the
+        # run to do it); the search prints its own summary.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.artifact_root = artifact_root
 
@@ -67,7 +71,9 @@ class Tracker:
         location = None
         if self.artifact_root is not None:
             location = (self.artifact_root / name).resolve().as_uri()
-        return str(self.client.create_experiment(name, artifact_location=location))
+        # MLflow 3's UI opens an experiment as GenAI traces unless told it is model training.
+        tags = {"mlflow.experimentKind": "custom_model_development"}
+        return str(self.client.create_experiment(name, artifact_location=location, tags=tags))
 
     def start_run(
         self,
