@@ -6,6 +6,7 @@ instant. Errors a user can fix print one line and exit with code 2.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 @app.callback()
@@ -113,6 +115,16 @@ def run(
             "cores; latency is measured one worker at a time (default 1)."
         ),
     ] = None,
+    max_failures: Annotated[
+        int | None, typer.Option(help="Stop after this many failed trials in a row (default 5).")
+    ] = None,
+    heartbeat: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds between a running trial's heartbeats; one silent for four beats "
+            "(its worker killed) is failed and retried once (default 30)."
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Batch size for latency measurement (default 1).")
     ] = None,
@@ -160,6 +172,8 @@ def run(
         "seed": seed,
         "threads": threads,
         "workers": workers,
+        "max-failures": max_failures,
+        "heartbeat": heartbeat,
         "batch-size": batch_size,
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
@@ -171,12 +185,19 @@ def run(
     file, levers = _levers(config, off, fix)
     search_config = search_config_from(given, file, levers, home=Path.cwd())
     console = Console()
+    from search.study import make_storage
+    from search.urls import check_tracking_uri
+
+    # fail fast, before the baseline is built; the light checks before importing PyTorch
+    if search_config.storage is None:
+        search_config.studies_dir.mkdir(parents=True, exist_ok=True)
+    make_storage(search_config.storage_url)
+    check_tracking_uri(search_config.mlflow_uri)
     from search.report import TrialProgress, print_result
     from search.runner import run_search
     from search.runtimes import check_target
     from search.task import load_task
 
-    # fail fast, before the baseline is built
     check_target(search_config.runtime, search_config.device)
     loaded = load_task(search_config.task, cache_dir=search_config.cache_dir)
     threads_used = search_config.threads
@@ -467,8 +488,16 @@ def _levers(config: Path | None, off: list[str] | None, fix: list[str] | None) -
 def main() -> None:
     """Console-script entry point: one line and exit code 2 for anything a user can fix."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Ctrl-C (SIGINT) always means "stop cleanly": a shell starts background jobs with it
+    # ignored, and an explicit `kill -INT` must still fail the trial and close its runs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupted = (
+        "interrupted: the current trial is recorded as failed, finished trials are saved; "
+        "run the same command again to resume"
+    )
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode Typer turns Ctrl-C into a returned 130, not an exception.
+        code = app(standalone_mode=False)
     except SearchError as error:
         err.print(f"error: {error}", markup=False)
         sys.exit(EXIT_USAGE)
@@ -479,11 +508,11 @@ def main() -> None:
         err.print(f"error: {error.format_message()} (see {command} --help)", markup=False)
         sys.exit(EXIT_USAGE)
     except (KeyboardInterrupt, typer.Abort):
-        err.print(
-            "interrupted: finished trials are saved; run the same command again to resume",
-            markup=False,
-        )
-        sys.exit(130)
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        err.print(interrupted, markup=False)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

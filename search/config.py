@@ -80,6 +80,9 @@ class SearchConfig:
         threads: intra-op threads for latency measurement (recorded with every number).
         workers: processes on this machine running trials of the study at once
             (``search.workers``); each fine-tunes with its share of the cores.
+        max_failures: stop after this many failed trials in a row (``search.recovery``).
+        heartbeat_s: how often a running trial tells the storage it is alive; a trial
+            silent for four beats is failed and retried once by the next worker.
         batch_size: batch size for latency measurement.
         finetune_epochs: recovery fine-tuning epochs after a model-changing technique.
         latency_first: measure each candidate's architecture and number format before
@@ -105,6 +108,8 @@ class SearchConfig:
     tracking_uri: str | None = None
     threads: int = 1
     workers: int = 1
+    max_failures: int = 5
+    heartbeat_s: int = 30
     batch_size: int = 1
     # Ten epochs: on the digits model pruned by half (distilled, four seeds) five epochs gave
     # 0.969-0.986 validation accuracy, ten gave 0.983-0.992.
@@ -140,6 +145,10 @@ class SearchConfig:
             raise ConfigError(f"--threads {self.threads} must be at least 1")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"--workers {self.workers} must be from 1 to {MAX_WORKERS}")
+        if self.max_failures < 1:
+            raise ConfigError(f"--max-failures {self.max_failures} must be at least 1")
+        if not 1 <= self.heartbeat_s <= 3600:
+            raise ConfigError(f"--heartbeat {self.heartbeat_s} must be from 1 to 3600 seconds")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size} must be at least 1")
         if not 0 <= self.max_accuracy_drop < float("inf"):

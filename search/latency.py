@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from search.memory import peak_memory
-from search.runtime import Artifact
+
+if TYPE_CHECKING:
+    from search.runtime import Artifact
 
 MIN_WARMUP_RUNS = 20
 MIN_WARMUP_S = 0.2

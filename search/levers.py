@@ -18,12 +18,14 @@ import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from search.errors import ConfigError
-from techniques import TECHNIQUES, Context
+
+if TYPE_CHECKING:
+    from techniques import Context
 
 EXPLORE_SAMPLES = 300
 
@@ -62,8 +64,16 @@ class LeverSettings:
         }
 
 
+def _techniques() -> dict[str, Any]:
+    """The technique registry, imported on first use: it brings in PyTorch (two seconds),
+    which a command that fails on its options should not wait for."""
+    from techniques import TECHNIQUES
+
+    return dict(TECHNIQUES)
+
+
 def option_names() -> dict[str, tuple[Any, ...]]:
-    return {name: values for t in TECHNIQUES.values() for name, values in t.options.items()}
+    return {name: values for t in _techniques().values() for name, values in t.options.items()}
 
 
 def parse_assignments(pairs: Iterable[str]) -> tuple[tuple[str, Any], ...]:
@@ -93,7 +103,8 @@ def explore_space(ctx: Context, samples: int = EXPLORE_SAMPLES) -> dict[str, Any
     """
     from search.objective import sample_plan
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+    if optuna.logging.get_verbosity() < optuna.logging.WARNING:  # no "study created in memory"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     found: dict[str, Any] = {}
     for _ in range(samples):
@@ -108,8 +119,10 @@ def explore_space(ctx: Context, samples: int = EXPLORE_SAMPLES) -> dict[str, Any
 def check_levers_and_options(settings: LeverSettings) -> None:
     """The lever names and option values, which need no model to check."""
     for lever in settings.off:
-        if lever not in TECHNIQUES:
-            raise ConfigError(f"--off {lever}: no such lever; levers are {', '.join(TECHNIQUES)}")
+        if lever not in _techniques():
+            raise ConfigError(
+                f"--off {lever}: no such lever; levers are {', '.join(_techniques())}"
+            )
     options = option_names()
     for name, value in settings.fixed:
         if name.partition(".")[0] in settings.off and name not in options:
@@ -132,7 +145,7 @@ def resolve(settings: LeverSettings, ctx: Context, space: Mapping[str, Any]) -> 
     check_levers_and_options(settings)
     fixed: dict[str, Any] = {}
     for lever in settings.off:
-        fixed.update(TECHNIQUES[lever].off_params(ctx))
+        fixed.update(_techniques()[lever].off_params(ctx))
     options = option_names()
     for name, value in settings.fixed:
         if name in options:
@@ -223,7 +236,7 @@ def space_rows(
     """The effective space, lever by lever in application order."""
     rows = []
     off_levers = set(off)
-    for lever, technique in TECHNIQUES.items():
+    for lever, technique in _techniques().items():
         for name, values in technique.options.items():
             chosen = ctx.options.get(name, values[0])
             domain = " | ".join(map(_spelled, values))

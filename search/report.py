@@ -136,6 +136,8 @@ def print_result(console: Console, result: SearchResult, budget_ms: float) -> No
             "Try a looser --latency-budget or --max-accuracy-drop, more --trials, "
             "or stronger levers."
         )
+    if result.stopped_by_failures:
+        console.print(f"[red]{result.stopped_by_failures}[/red]")
     uri = result.tracking_uri
     console.print(
         f"\nBrowse it in MLflow: [bold]mlflow ui --backend-store-uri {uri}[/bold] "

@@ -47,12 +47,14 @@ from search.pareto import (
     write_front_markdown,
     write_plots,
 )
+from search.recovery import failure_streak
 from search.runtime import Artifact
 from search.runtimes import check_target, evaluate
 from search.study import baseline_trial, is_feasible, open_study, stored_budget_ms
 from search.study_plots import write_study_plots
 from search.task import Task, load_task
-from search.tracking import STUDY_TAG, Tracker, redact_url
+from search.tracking import STUDY_TAG, Tracker
+from search.urls import redact_url
 from search.workers import (
     WorkerJob,
     optimize,
@@ -80,6 +82,7 @@ class SearchResult:
     tracking_uri: str
     latency_budget_ms: float  # as resolved (a relative budget becomes milliseconds)
     not_applicable: dict[str, str] = field(default_factory=dict)  # lever -> why
+    stopped_by_failures: str | None = None  # why the run stopped early, if it did
 
 
 def run_search(
@@ -90,7 +93,9 @@ def run_search(
     task = task or load_task(config.task, cache_dir=config.cache_dir)
     config.studies_dir.mkdir(parents=True, exist_ok=True)
     config.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial is reported by the progress line and in MLflow with its reason;
+    # Optuna would also print its traceback as a warning.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     for noisy in ("mlflow", "alembic"):  # database set-up chatter on first use
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -133,6 +138,7 @@ def run_search(
             **{k: v for k, v in asdict(config).items() if k not in ("home", "storage", "levers")},
             **config.levers.describe(),
             "storage": redact_url(config.storage_url),
+            "tracking_uri": redact_url(config.mlflow_uri),
             "latency_budget": format_ms(config.latency_budget_ms),
             "study_name": study.study_name,
             "trials_before": trials_before,
@@ -168,6 +174,7 @@ def run_search(
                     objective,
                     trials=config.trials,
                     timeout_s=config.timeout_s,
+                    max_failures=config.max_failures,
                     callbacks=[on_trial] if on_trial else None,
                 )
         else:
@@ -270,12 +277,37 @@ def not_applicable(ctx: Context) -> dict[str, str]:
 
 
 def build_model(task: Task, spec: str) -> nn.Module:
-    """The task's trained model; a failure inside the user's code is one clear line."""
+    """The task's trained model, checked against its data; the user's errors in one line."""
     try:
-        return task.build_model().eval()
+        model = task.build_model().eval()
     except Exception as error:
         raise TaskError(
             f"--task {spec}: build_model() raised {type(error).__name__}: {error}"
+        ) from error
+    check_model_fits_task(model, task, spec)
+    return model
+
+
+def check_model_fits_task(model: nn.Module, task: Task, spec: str) -> None:
+    """One validation batch through the model, its loss and its metric, before any search.
+
+    A model whose output does not match the labels (ten classes against seven logits)
+    would otherwise fail every trial, or worse, score nonsense.
+    """
+    import torch
+
+    inputs, targets = next(iter(task.data("val")))
+    try:
+        with torch.no_grad():
+            outputs = model(inputs[:8])
+        task.loss(outputs, targets[:8])
+        task.metric(outputs.numpy(), targets[:8].numpy())
+    except Exception as error:
+        shape = tuple(outputs.shape) if "outputs" in locals() else "none"
+        raise TaskError(
+            f"--task {spec}: the model's output (shape {shape}) does not fit the task's "
+            f"labels (shape {tuple(targets[:8].shape)}): {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}"
         ) from error
 
 
@@ -339,7 +371,15 @@ def _summarise(
         },
         tags={"front_trials": ",".join(str(n) for n in sorted(on_front))},
     )
+    streak, last_reason = failure_streak(new_trials)
+    stopped = (
+        f"stopped after {streak} failed trials in a row (--max-failures "
+        f"{config.max_failures}); the last: {last_reason}"
+        if streak >= config.max_failures
+        else None
+    )
     return SearchResult(
+        stopped_by_failures=stopped,
         study_name=study.study_name,
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,

@@ -7,7 +7,9 @@ the history and the sampler learns from them rather than never seeing them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import optuna
@@ -49,17 +51,58 @@ def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
     }
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage; SQLite waits for a busy database instead of failing at once."""
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+# A worker that stops beating for GRACE_BEATS heartbeats is taken for dead: its running trial
+# becomes FAIL and is retried once by the next worker (``RetryHeartbeatStaleTrialCallback``).
+GRACE_BEATS = 4
+
+
+def make_storage(
+    url: str,
+    *,
+    heartbeat_s: int | None = None,
+    on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
+    """An RDB storage; SQLite waits for a busy database instead of failing at once.
+
+    With ``heartbeat_s``, each running trial beats that often, and a trial whose worker
+    was killed is found stale by the next ``optimize``: failed, ``on_stale`` told (to close
+    its MLflow run), and retried once.
+    """
+    from search.urls import redact_url
+
+    scheme = url.partition(":")[0].partition("+")[0]
+    if scheme not in STORAGE_SCHEMES:
+        raise StudyError(
+            f"--storage {redact_url(url)}: unknown scheme {scheme!r}; use sqlite:///path, "
+            "postgresql://user@host/db or mysql://user@host/db"
+        )
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_s is not None:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_s,
+            "grace_period": GRACE_BEATS * heartbeat_s,
+            "heartbeat_stale_trial_callback": on_stale,
+        }
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as error:  # bad URL, missing driver, unreachable server
-        raise StudyError(
-            f"--storage {url}: cannot open it: {type(error).__name__}: {error}"
-        ) from error
+        reason = _masked(f"{type(error).__name__}: {error}".splitlines()[0], url)
+        raise StudyError(f"--storage {redact_url(url)}: cannot open it: {reason}") from error
+
+
+def _masked(text: str, url: str) -> str:
+    """``text`` with the URL's password, if any, replaced."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
 
 
 def stored_budget_ms(config: SearchConfig, task_name: str) -> float | None:
@@ -86,7 +129,13 @@ def open_study(
     baseline as trial 0, then single-lever references. ``fixed`` parameters are pinned
     for the trials this invocation samples (``search.levers``).
     """
-    storage = make_storage(config.storage_url)
+    from search.recovery import StaleTrialHandler
+
+    storage = make_storage(
+        config.storage_url,
+        heartbeat_s=config.heartbeat_s,
+        on_stale=StaleTrialHandler(config.mlflow_uri),
+    )
     name = config.resolved_study_name(task_name)
     identity = study_identity(config, task_name)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
@@ -99,20 +148,26 @@ def open_study(
         known_trials = existing[name].n_trials
     else:
         known_trials = 0
-    sampler = fixing_sampler(
-        optuna.samplers.TPESampler(
-            seed=config.seed + known_trials, n_startup_trials=TPE_STARTUP_TRIALS
-        ),
+    try:  # exactly one of several processes starting together creates the study
+        study = optuna.create_study(
+            study_name=name, storage=storage, directions=list(DIRECTIONS), load_if_exists=False
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        created = False
+    running = created is False and (
+        name not in existing
+        or bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    )
+    # A process joining workers that are running now draws its own random start-up points;
+    # otherwise the seed plus the trial count keeps a resumed study reproducible.
+    seed = config.seed + known_trials + (os.getpid() if running else 0)
+    study.sampler = fixing_sampler(
+        optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS),
         fixed or {},
     )
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        directions=list(DIRECTIONS),
-        sampler=sampler,
-        load_if_exists=True,
-    )
-    if name not in existing:
+    if created:
         study.set_metric_names(list(OBJECTIVE_NAMES))
         for key, value in identity.items():
             study.set_user_attr(key, value)
@@ -168,6 +223,13 @@ def load_existing_study(storage_url: str, name: str | None) -> optuna.Study:
     Refused in one line, naming the studies there, when the name is unknown or when the
     storage holds several and none was named.
     """
+    if storage_url.startswith("sqlite:///"):
+        path = Path(storage_url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise StudyError(
+                f"--study {name or '(any)'}: no such study: {path} does not exist; run "
+                "`search run` in this folder first, or pass --storage"
+            )
     storage = make_storage(storage_url)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
     if name is None:

@@ -12,10 +12,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 from search.errors import TrackingError
 
@@ -23,15 +23,6 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "optuna.trial_number"
 STUDY_TAG = "optuna.study_name"
 MAX_PARAM_LENGTH = 6000
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced, so storage URLs can be logged safely."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Tracker:
@@ -73,7 +64,13 @@ class Tracker:
             location = (self.artifact_root / name).resolve().as_uri()
         # MLflow 3's UI opens an experiment as GenAI traces unless told it is model training.
         tags = {"mlflow.experimentKind": "custom_model_development"}
-        return str(self.client.create_experiment(name, artifact_location=location, tags=tags))
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location, tags=tags))
+        except MlflowException:  # another worker created it a moment ago
+            again = self.client.get_experiment_by_name(name)
+            if again is None:
+                raise
+            return str(again.experiment_id)
 
     def start_run(
         self,

@@ -74,15 +74,19 @@ def optimize(
     *,
     trials: int | None,
     timeout_s: float | None,
+    max_failures: int,
     callbacks: list[TrialCallback] | None = None,
 ) -> None:
-    """``study.optimize`` as every worker calls it: a failing trial never stops the study."""
+    """``study.optimize`` as every worker calls it: a failing trial does not stop the study,
+    ``max_failures`` of them in a row do (``search.recovery``)."""
+    from search.recovery import ConsecutiveFailures
+
     study.optimize(
         objective,
         n_trials=trials,
         timeout=timeout_s,
         catch=(Exception,),
-        callbacks=callbacks,
+        callbacks=[ConsecutiveFailures(max_failures), *(callbacks or [])],
         # No gc.collect() after each trial: it took 0.26 s, more than a tenth of a trial
         # stopped by latency-first; the model cache bounds memory instead.
         gc_after_trial=False,
@@ -132,20 +136,27 @@ def worker_main(job: WorkerJob) -> None:
 
     from search.levers import fixing_sampler
     from search.objective import RunLink, TrialObjective
+    from search.recovery import StaleTrialHandler
     from search.runner import build_model
     from search.study import TPE_STARTUP_TRIALS, make_storage
     from search.task import load_task
     from search.tracking import Tracker
 
     torch.set_num_threads(job.torch_threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial is reported by the progress line and in MLflow with its reason;
+    # Optuna would also print its traceback as a warning.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     config = job.config
     task = load_task(config.task, cache_dir=config.cache_dir)
     base_model = build_model(task, config.task)
-    storage = make_storage(config.storage_url)
+    storage = make_storage(
+        config.storage_url,
+        heartbeat_s=config.heartbeat_s,
+        on_stale=StaleTrialHandler(config.mlflow_uri),
+    )
     known = len(optuna.load_study(study_name=job.study_name, storage=storage).trials)
     sampler = fixing_sampler(
         optuna.samplers.TPESampler(
@@ -163,6 +174,12 @@ def worker_main(job: WorkerJob) -> None:
     with tempfile.TemporaryDirectory(prefix=f"search-w{job.index}-") as scratch:
         objective = TrialObjective(task, base_model, job.settings, link, Path(scratch))
         try:
-            optimize(study, objective, trials=job.trials, timeout_s=config.timeout_s)
+            optimize(
+                study,
+                objective,
+                trials=job.trials,
+                timeout_s=config.timeout_s,
+                max_failures=config.max_failures,
+            )
         except KeyboardInterrupt:
             return  # the interrupted trial is recorded as failed; the parent reports

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,35 +14,76 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+BAD = str(Path(__file__).parent / "fixtures" / "bad_tasks.py")
+RUN = ["run", "--latency-budget", "5ms"]
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--latency-budget", "10"], "not a latency"),
-        (["--latency-budget", "-5ms"], "not a latency"),
-        (["--latency-budget", "10 parsecs"], "not a latency"),
-        (["--latency-budget", "5ms", "--trials", "x"], "--trials"),
-        (["--latency-budget", "5ms", "--trials", "0"], "--trials"),
-        (["--latency-budget", "5ms", "--bogus"], "--bogus"),
-        (["--latency-budget", "5ms", "--task", "nope"], "is not a task"),
-        (["--latency-budget", "5ms", "--task", "missing.py:make"], "no such file"),
-        (["--latency-budget", "5ms", "--device", "tpu"], "--device"),
-        (["--latency-budget", "5ms", "--runtime", "tflite"], "--runtime"),
-        (["--latency-budget", "5ms", "--workers", "0"], "--workers"),
-        (["--trials", "2"], "give --latency-budget"),
-        (["--latency-budget", "5ms", "--off", "bogus"], "no such lever"),
-        (["--latency-budget", "5ms", "--fix", "prune.ratio"], "NAME=VALUE"),
-        (["--latency-budget", "5ms", "--fix", "width.per=row"], "use one of stage, block"),
-        (["--latency-budget", "5ms", "--config", "absent.toml"], "no such file"),
+        (["run", "--latency-budget", "10"], "not a latency"),
+        (["run", "--latency-budget", "-5ms"], "not a latency"),
+        (["run", "--latency-budget", "0ms"], "greater than zero"),
+        (["run", "--latency-budget", "nan ms"], "not a latency"),
+        (["run", "--latency-budget", "1e400ms"], "not a latency"),
+        (["run", "--latency-budget", "10 parsecs"], "not a latency"),
+        (["run", "--latency-budget", "0x"], "relative budget"),
+        (["run", "--trials", "2"], "give --latency-budget"),
+        ([*RUN, "--trials", "x"], "--trials"),
+        ([*RUN, "--trials", "0"], "--trials"),
+        ([*RUN, "--timeout", "-1"], "--timeout"),
+        ([*RUN, "--threads", "0"], "--threads"),
+        ([*RUN, "--batch-size", "0"], "--batch-size"),
+        ([*RUN, "--max-accuracy-drop", "-1"], "--max-accuracy-drop"),
+        ([*RUN, "--max-failures", "0"], "--max-failures"),
+        ([*RUN, "--bogus"], "--bogus"),
+        ([*RUN, "--task", "nope"], "is not a task"),
+        ([*RUN, "--task", "missing.py:make"], "no such file"),
+        ([*RUN, "--task", f"{BAD}:absent"], "no callable named"),
+        ([*RUN, "--task", f"{BAD}:raises"], "the dataset server is down"),
+        ([*RUN, "--task", f"{BAD}:wrong_output"], "does not fit the task's labels"),
+        ([*RUN, "--device", "tpu"], "--device"),
+        ([*RUN, "--runtime", "tflite"], "--runtime"),
+        ([*RUN, "--workers", "0"], "--workers"),
+        ([*RUN, "--study", " "], "--study must not be empty"),
+        ([*RUN, "--storage", "foo://x"], "unknown scheme 'foo'"),
+        ([*RUN, "--storage", "sqlite:////no/such/dir/optuna.db"], "cannot open it"),
+        ([*RUN, "--tracking-uri", "bogus://x"], "unknown scheme 'bogus'"),
+        ([*RUN, "--tracking-uri", "http://127.0.0.1:9"], "no MLflow server answers"),
+        ([*RUN, "--off", "bogus"], "no such lever"),
+        ([*RUN, "--fix", "prune.ratio"], "NAME=VALUE"),
+        ([*RUN, "--task", f"{BAD}:tiny", "--fix", "prune.ratio=0.95"], "prune.ratio=0.95"),
+        ([*RUN, "--fix", "width.per=row"], "use one of stage, block"),
+        ([*RUN, "--config", "absent.toml"], "no such file"),
+        (["status", "--study", "nope"], "no such study"),
+        (["pareto", "--study", "nope"], "no such study"),
+        (["promote", "--study", "nope"], "no such study"),
+        (["promote", "--tolerance", "2"], "--tolerance"),
+        (["profile", "trial:x"], "write trial:N"),
+        (["profile", "--batch-sizes", "0"], "at least 1"),
+        (["profile", "missing.onnx"], "no such model file"),
+        (["ui", "--port", "70000"], "--port"),
+        (["space", "--runtime", "bogus"], "--runtime"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path) -> None:
-    result = run_cli("run", *args, cwd=tmp_path)
-    assert result.returncode == 2
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], needle: str, tmp_path, task_cache
+) -> None:
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     assert needle in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_storage_password_never_reaches_the_output(tmp_path) -> None:
+    url = "postgresql://search:s3cret-pw@127.0.0.1:9/studies"
+    result = run_cli(*RUN, "--storage", url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert "search:***@127.0.0.1" in result.stderr
 
 
 def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path) -> None:
@@ -101,7 +143,6 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: --config bad.toml: [run] latency_budget is not an option; known: "
         "latency-budget, device, runtime, task, trials, timeout, study, storage, tracking-uri, "
-        "seed, threads, workers, batch-size, finetune-epochs, max-accuracy-drop, "
-        "latency-first, "
-        "allow-mixed-hardware"
+        "seed, threads, workers, max-failures, heartbeat, batch-size, finetune-epochs, "
+        "max-accuracy-drop, latency-first, allow-mixed-hardware"
     ]
