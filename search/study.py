@@ -8,6 +8,7 @@ the history and the sampler learns from them rather than never seeing them.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,7 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 # A worker that stops beating for GRACE_BEATS heartbeats is taken for dead: its running trial
 # becomes FAIL and is retried once by the next worker (``RetryHeartbeatStaleTrialCallback``).
 GRACE_BEATS = 4
+OPEN_ATTEMPTS = 3
 
 
 def make_storage(
@@ -87,11 +89,19 @@ def make_storage(
             "grace_period": GRACE_BEATS * heartbeat_s,
             "heartbeat_stale_trial_callback": on_stale,
         }
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except Exception as error:  # bad URL, missing driver, unreachable server
-        reason = _masked(f"{type(error).__name__}: {error}".splitlines()[0], url)
-        raise StudyError(f"--storage {redact_url(url)}: cannot open it: {reason}") from error
+    for attempt in range(1 if scheme == "sqlite" else OPEN_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except ImportError as error:  # a driver is missing: trying again will not help
+            last: Exception = error
+            break
+        except Exception as error:  # bad URL, unreachable server, or a concurrent set-up
+            last = error
+            # Workers starting together on a new database race to create Optuna's tables;
+            # the loser's error is gone a moment later. A bad URL fails every attempt.
+            time.sleep(0.5 * (attempt + 1))
+    reason = _masked(f"{type(last).__name__}: {last}".splitlines()[0], url)
+    raise StudyError(f"--storage {redact_url(url)}: cannot open it: {reason}") from last
 
 
 def _masked(text: str, url: str) -> str:

@@ -67,7 +67,7 @@ RUN = ["run", "--latency-budget", "5ms"]
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
-    args: list[str], needle: str, tmp_path, task_cache
+    args: list[str], needle: str, tmp_path, tiny_task
 ) -> None:
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr

@@ -49,7 +49,7 @@ def load(home: Path) -> tuple[optuna.Study, MlflowClient]:
     return optuna.load_study(study_name="crash", storage=storage), client
 
 
-def test_a_killed_worker_s_trial_is_failed_closed_and_retried(tmp_path, task_cache) -> None:
+def test_a_killed_worker_s_trial_is_failed_closed_and_retried(tmp_path, tiny_task) -> None:
     first = start(tmp_path, "--trials", "3", "--finetune-epochs", "200")
     victim = wait_for_fine_tuning(tmp_path, first)
     os.kill(first.pid, signal.SIGKILL)
@@ -81,7 +81,7 @@ def test_a_killed_worker_s_trial_is_failed_closed_and_retried(tmp_path, task_cac
 
 
 def test_ctrl_c_fails_the_trial_closes_its_runs_and_says_how_to_resume(
-    tmp_path, task_cache
+    tmp_path, tiny_task
 ) -> None:
     process = start(tmp_path, "--trials", "3", "--finetune-epochs", "200")
     victim = wait_for_fine_tuning(tmp_path, process)

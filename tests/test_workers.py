@@ -19,7 +19,7 @@ def test_trials_are_shared_out_evenly() -> None:
 
 
 def test_two_workers_run_one_study_without_losing_or_repeating_a_trial(
-    tmp_path, task_cache
+    tmp_path, tiny_task
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "search.cli", "run", "--task", TINY, "--latency-budget",
