@@ -33,7 +33,6 @@ from search.levers import (
 )
 from search.objective import (
     RunLink,
-    TrialObjective,
     TrialSettings,
     deploy_baseline,
     reference_trials,
@@ -53,11 +52,12 @@ from search.runtimes import check_target, evaluate
 from search.study import baseline_trial, is_feasible, open_study, stored_budget_ms
 from search.study_plots import write_study_plots
 from search.task import Task, load_task
-from search.tracking import STUDY_TAG, Tracker
+from search.tracking import STUDY_TAG, Tracker, tracker_for
 from search.urls import redact_url
 from search.workers import (
+    TrialContext,
     WorkerJob,
-    optimize,
+    run_trials,
     run_workers,
     torch_threads_per_worker,
     trial_shares,
@@ -120,10 +120,7 @@ def run_search(
             )
     references = constrain_references(reference_trials(ctx), fixed)
     study = open_study(config, task.name, references, fixed)
-    local_store = config.tracking_uri is None
-    tracker = Tracker(
-        config.mlflow_uri, artifact_root=config.mlruns_dir / "artifacts" if local_store else None
-    )
+    tracker = tracker_for(config)
     experiment_id = tracker.experiment_id(study.study_name)
     # Enqueued reference trials are WAITING, not yet run: count only finished ones.
     trials_before = sum(t.state.is_finished() for t in study.trials)
@@ -167,16 +164,13 @@ def run_search(
         )
         if config.workers == 1:
             link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
-            with tempfile.TemporaryDirectory(prefix="search-") as scratch:
-                objective = TrialObjective(task, base_model, settings, link, Path(scratch))
-                optimize(
-                    study,
-                    objective,
-                    trials=config.trials,
-                    timeout_s=config.timeout_s,
-                    max_failures=config.max_failures,
-                    callbacks=[on_trial] if on_trial else None,
-                )
+            run_trials(
+                study,
+                TrialContext(task, base_model, settings, link),
+                config,
+                trials=config.trials,
+                callbacks=[on_trial] if on_trial else None,
+            )
         else:
             shares = trial_shares(config.trials, config.workers)
             threads = torch_threads_per_worker(config.workers)

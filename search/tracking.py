@@ -11,13 +11,16 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from search.errors import TrackingError
+
+if TYPE_CHECKING:
+    from search.config import SearchConfig
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "optuna.trial_number"
@@ -122,3 +125,12 @@ class Tracker:
         self.client.set_terminated(
             run_id, status=RunStatus.to_string(RunStatus.from_string(status))
         )
+
+
+def tracker_for(config: SearchConfig) -> Tracker:
+    """The run's tracker: artifacts under ``mlruns/artifacts`` for the local store, and
+    wherever the server keeps them otherwise."""
+    local_store = config.tracking_uri is None
+    return Tracker(
+        config.mlflow_uri, artifact_root=config.mlruns_dir / "artifacts" if local_store else None
+    )

@@ -93,6 +93,42 @@ def optimize(
     )
 
 
+@dataclass(frozen=True)
+class TrialContext:
+    """What the objective of every trial in one process is built from."""
+
+    task: Any  # search.task.Task
+    base_model: Any  # torch.nn.Module
+    settings: Any  # search.objective.TrialSettings
+    link: Any  # search.objective.RunLink
+
+
+def run_trials(
+    study: optuna.Study,
+    context: TrialContext,
+    config: SearchConfig,
+    *,
+    trials: int | None,
+    callbacks: list[TrialCallback] | None = None,
+    prefix: str = "search-",
+) -> None:
+    """This process's share of trials, each in a scratch folder removed afterwards."""
+    from search.objective import TrialObjective
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        objective = TrialObjective(
+            context.task, context.base_model, context.settings, context.link, Path(scratch)
+        )
+        optimize(
+            study,
+            objective,
+            trials=trials,
+            timeout_s=config.timeout_s,
+            max_failures=config.max_failures,
+            callbacks=callbacks,
+        )
+
+
 def run_workers(
     jobs: list[WorkerJob], study: optuna.Study, on_trial: TrialCallback | None
 ) -> None:
@@ -135,12 +171,12 @@ def worker_main(job: WorkerJob) -> None:
     import torch
 
     from search.levers import fixing_sampler
-    from search.objective import RunLink, TrialObjective
+    from search.objective import RunLink
     from search.recovery import StaleTrialHandler
     from search.runner import build_model
     from search.study import TPE_STARTUP_TRIALS, make_storage
     from search.task import load_task
-    from search.tracking import Tracker
+    from search.tracking import tracker_for
 
     torch.set_num_threads(job.torch_threads)
     # ERROR: a failed trial is reported by the progress line and in MLflow with its reason;
@@ -166,20 +202,14 @@ def worker_main(job: WorkerJob) -> None:
         job.fixed,
     )
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler)
-    local_store = config.tracking_uri is None
-    tracker = Tracker(
-        config.mlflow_uri, artifact_root=config.mlruns_dir / "artifacts" if local_store else None
-    )
-    link = RunLink(tracker, job.experiment_id, job.parent_run_id, job.study_name)
-    with tempfile.TemporaryDirectory(prefix=f"search-w{job.index}-") as scratch:
-        objective = TrialObjective(task, base_model, job.settings, link, Path(scratch))
-        try:
-            optimize(
-                study,
-                objective,
-                trials=job.trials,
-                timeout_s=config.timeout_s,
-                max_failures=config.max_failures,
-            )
-        except KeyboardInterrupt:
-            return  # the interrupted trial is recorded as failed; the parent reports
+    link = RunLink(tracker_for(config), job.experiment_id, job.parent_run_id, job.study_name)
+    try:
+        run_trials(
+            study,
+            TrialContext(task, base_model, job.settings, link),
+            config,
+            trials=job.trials,
+            prefix=f"search-w{job.index}-",
+        )
+    except KeyboardInterrupt:
+        return  # the interrupted trial is recorded as failed; the parent reports

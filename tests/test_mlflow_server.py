@@ -8,17 +8,13 @@ runs (its screenshot is kept in ``test-artifacts/``).
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
+from servers import mlflow_server
 
 from search.config import SearchConfig
 from search.promote import promote
@@ -30,40 +26,12 @@ ARTIFACTS = Path(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``search ui`` on a free port; stopped by its process group at the end."""
     home = tmp_path_factory.mktemp("served")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "ui", "--port", str(port)],
-        cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"search ui did not answer on {url}: {output[-2000:]}")
-            time.sleep(0.5)
+    with mlflow_server(home) as url:
         yield url, home
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def rest(url: str, path: str, payload: dict | None = None, **query: str) -> dict:
