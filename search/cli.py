@@ -27,9 +27,17 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+_DEBUG = {"on": False}
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an unexpected error.")
+    ] = False,
+) -> None:
     """compression-search: an Optuna search over compression levers, tracked in MLflow."""
+    _DEBUG["on"] = debug
 
 
 ConfigOption = Annotated[
@@ -509,6 +517,16 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except (KeyboardInterrupt, typer.Abort):
         code = EXIT_INTERRUPTED
+    except Exception as error:  # a bug, or a failure nothing above anticipated
+        if _DEBUG["on"]:
+            raise
+        first = str(error).splitlines()[0] if str(error) else ""
+        err.print(
+            f"error: unexpected {type(error).__name__}: {first[:500]} "
+            "(search --debug ... shows the traceback)",
+            markup=False,
+        )
+        sys.exit(1)
     if code == EXIT_INTERRUPTED:
         err.print(interrupted, markup=False)
     if isinstance(code, int) and code:

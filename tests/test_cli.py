@@ -146,3 +146,26 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
         "seed, threads, workers, max-failures, heartbeat, batch-size, finetune-epochs, "
         "max-accuracy-drop, latency-first, allow-mixed-hardware"
     ]
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(tmp_path, monkeypatch, capsys) -> None:
+    import search.browse
+    import search.study
+    from search.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nwith two lines")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(search.study, "load_existing_study", lambda *a, **k: None)
+    monkeypatch.setattr(search.browse, "status", broken)
+    monkeypatch.setattr(sys, "argv", ["search", "status"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: unexpected RuntimeError: a bug (search --debug ... shows the traceback)"
+    ]
+    monkeypatch.setattr(sys, "argv", ["search", "--debug", "status"])
+    with pytest.raises(RuntimeError, match="a bug"):
+        main()

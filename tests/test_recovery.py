@@ -110,3 +110,28 @@ def test_consecutive_failures_stop_the_study_and_are_summarised() -> None:
     study.optimize(objective, n_trials=10, catch=(ValueError,), callbacks=[stop])
     assert len(study.trials) == 3
     assert failure_streak(study.trials) == (3, "ValueError: broken")
+
+
+def test_a_trial_whose_loss_turns_nan_fails_with_its_reason_and_the_study_goes_on(
+    tmp_path, tiny_task
+) -> None:
+    task = f"{Path(__file__).parent / 'fixtures' / 'bad_tasks.py'}:nan_loss"
+    result = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", "--task", task, "--latency-budget",
+         "1000ms", "--trials", "3", "--finetune-epochs", "1", "--study", "crash"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    study, client = load(tmp_path)
+    states = [t.state for t in study.trials if t.state.is_finished()]
+    assert states == [
+        optuna.trial.TrialState.COMPLETE,  # the baseline: nothing to fine-tune
+        optuna.trial.TrialState.FAIL,  # pruning: its fine-tune's loss turned NaN
+        optuna.trial.TrialState.COMPLETE,  # int8 alone: no fine-tune
+    ]
+    failed = study.trials[1]
+    assert "FloatingPointError: loss became nan" in failed.user_attrs["fail_reason"]
+    run = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "loss became nan" in run.data.tags["failure_reason"]
+    assert "failed: FloatingPointError" in result.stdout
