@@ -226,26 +226,35 @@ def print_profiles(console: Console, profiles: Sequence[Profile], *, compare: bo
 
 
 def print_status(console: Console, summary: dict) -> None:
-    """``search status``: one study's progress in a few lines."""
+    """``search status``: one study's progress as a two-column table."""
     budget = summary["latency_budget_ms"]
-    console.print(
-        f"study [bold]{summary['study']}[/bold]: task {summary['task']}, "
-        f"{summary['device']}/{summary['runtime']}, budget "
-        + (f"{budget:g} ms" if budget is not None else "-")
-    )
+    table = Table(
+        title=f"Study {summary['study']}", box=box.SIMPLE_HEAD, title_justify="left",
+        show_header=False,
+    )  # fmt: skip
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("", overflow="fold")
     states = ", ".join(f"{count} {state.lower()}" for state, count in summary["states"].items())
-    console.print(
-        f"{summary['trials']} trials ({states or 'none'}); {summary['feasible']} feasible, "
-        f"{summary['stopped_before_fine_tuning']} stopped before fine-tuning; "
-        f"front of {summary['front_size']}"
-    )
+    rows = [
+        ("task", str(summary["task"])),
+        ("target", f"{summary['device']}, {summary['runtime']}"),
+        ("budget", f"{budget:g} ms p50" if budget is not None else "-"),
+        ("trials", f"{summary['trials']} ({states or 'none'})"),
+        ("feasible", str(summary["feasible"])),
+        ("stopped before fine-tuning", str(summary["stopped_before_fine_tuning"])),
+        ("Pareto front", f"{summary['front_size']} trials"),
+    ]
     for label in ("baseline", "best_feasible"):
         figures = summary[label]
         if figures is not None:
-            console.print(
-                f"{label.replace('_', ' ')}: trial {figures['trial']} {figures['name']}, "
-                f"accuracy {figures['accuracy']:.4f}, p50 {figures['latency_p50_ms']:.3f} ms, "
-                f"{figures['size_mb']:.3f} MB"
-            )
+            rows.append((
+                label.replace("_", " "),
+                f"trial {figures['trial']} {figures['name']}: accuracy "
+                f"{figures['accuracy']:.4f}, p50 {figures['latency_p50_ms']:.3f} ms, "
+                f"{figures['size_mb']:.3f} MB",
+            ))  # fmt: skip
     if summary["hosts"]:
-        console.print(f"hosts: {', '.join(summary['hosts'])}")
+        rows.append(("hosts", ", ".join(summary["hosts"])))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
