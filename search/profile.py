@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 
 from search.errors import ConfigError
 from search.latency import LatencyStats, measure_latency, measurement_lock
@@ -138,21 +139,14 @@ def _program_params(path: Path) -> int:
     return sum(int(t.numel()) for t in program.state_dict.values())
 
 
-def trial_target(
-    number: int, storage_url: str, study_name: str, tracking_uri: str, folder: Path
-) -> Target:
+def trial_target(study: optuna.Study, number: int, tracking_uri: str, folder: Path) -> Target:
     """Trial ``number``'s deployed file, from the MLflow run the trial points at."""
     import os
 
-    import optuna
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url)
-    except KeyError:
-        raise ConfigError(f"--study {study_name}: no such study in {storage_url}") from None
+    study_name = study.study_name
     trials = {t.number: t for t in study.trials}
     trial = trials.get(number)
     if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
@@ -186,6 +180,7 @@ def resolve_targets(
 ) -> list[Target]:
     """``baseline``, ``trial:N`` or a path to a model file, in the order given."""
     targets = []
+    study: optuna.Study | None = None
     for spec in specs:
         if spec == "baseline":
             targets.append(baseline_target(task, folder / "baseline", runtime))
@@ -195,9 +190,11 @@ def resolve_targets(
                 raise ConfigError(f"{spec}: write trial:N with N a trial number, e.g. trial:3")
             if study_name is None:
                 raise ConfigError(f"{spec}: say which study with --study NAME")
-            targets.append(
-                trial_target(int(number), storage_url, study_name, tracking_uri, folder)
-            )
+            if study is None:  # loaded once, for every trial:N target
+                from search.study import load_existing_study
+
+                study = load_existing_study(storage_url, study_name)
+            targets.append(trial_target(study, int(number), tracking_uri, folder))
         else:
             targets.append(file_target(Path(spec)))
     return targets

@@ -145,8 +145,7 @@ def promote(
         )
     existing = _version_of(client, name, study.study_name, trial.number)
     with tempfile.TemporaryDirectory(prefix="search-promote-") as scratch:
-        target = trial_target(trial.number, storage_url, study.study_name, tracking_uri,
-                              Path(scratch))  # fmt: skip
+        target = trial_target(study, trial.number, tracking_uri, Path(scratch))
         artifact = target.artifact
         if existing is not None:
             card = PromotionCard(**json.loads(existing.tags["card"]))
@@ -234,7 +233,10 @@ def _register(
     import mlflow
     import numpy as np
     import onnx
+    import onnxruntime
     from mlflow.models import infer_signature
+
+    from search.runtime import onnxruntime_predictor
 
     experiment = client.get_experiment_by_name(study)
     run = client.create_run(
@@ -246,10 +248,7 @@ def _register(
     model = onnx.load(str(path))
     shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
     example = np.zeros(shape, dtype=np.float32)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    signature = infer_signature(example, session.run(None, {"input": example})[0])
+    signature = infer_signature(example, onnxruntime_predictor(path).run(example))
     with mlflow.start_run(run_id=run.info.run_id):
         mlflow.log_dict(card.as_dict(), "card.json")
         mlflow.log_text(card.markdown(), "card.md")
@@ -259,7 +258,10 @@ def _register(
             onnx_execution_providers=["CPUExecutionProvider"],
             save_as_external_data=False,
             signature=signature,
-            pip_requirements=[f"onnxruntime=={ort.__version__}", f"onnx=={onnx.__version__}"],
+            pip_requirements=[
+                f"onnxruntime=={onnxruntime.__version__}",
+                f"onnx=={onnx.__version__}",
+            ],
         )
     version = mlflow.register_model(info.model_uri, name).version
     client.update_model_version(name, version, description=card.markdown())

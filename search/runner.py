@@ -291,18 +291,28 @@ def check_model_fits_task(model: nn.Module, task: Task, spec: str) -> None:
     import torch
 
     inputs, targets = next(iter(task.data("val")))
+    inputs, targets = inputs[:8], targets[:8]
     try:
         with torch.no_grad():
-            outputs = model(inputs[:8])
-        task.loss(outputs, targets[:8])
-        task.metric(outputs.numpy(), targets[:8].numpy())
+            outputs = model(inputs)
     except Exception as error:
-        shape = tuple(outputs.shape) if "outputs" in locals() else "none"
         raise TaskError(
-            f"--task {spec}: the model's output (shape {shape}) does not fit the task's "
-            f"labels (shape {tuple(targets[:8].shape)}): {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}"
+            f"--task {spec}: the model fails on a validation batch of shape "
+            f"{tuple(inputs.shape)}: {type(error).__name__}: {_first_line(error)}"
         ) from error
+    try:
+        task.loss(outputs, targets)
+        task.metric(outputs.numpy(), targets.numpy())
+    except Exception as error:
+        raise TaskError(
+            f"--task {spec}: the model's output (shape {tuple(outputs.shape)}) does not fit "
+            f"the task's labels (shape {tuple(targets.shape)}): {type(error).__name__}: "
+            f"{_first_line(error)}"
+        ) from error
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
 
 
 def _summarise(

@@ -19,6 +19,7 @@ from search.config import SearchConfig, format_ms
 from search.errors import StudyError
 from search.latency import COMPARABLE_FIELDS, hardware_fingerprint
 from search.levers import fixing_sampler
+from search.urls import redact_url
 
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 OBJECTIVE_NAMES = ("accuracy", "latency_p50_ms", "size_mb")
@@ -71,8 +72,6 @@ def make_storage(
     was killed is found stale by the next ``optimize``: failed, ``on_stale`` told (to close
     its MLflow run), and retried once.
     """
-    from search.urls import redact_url
-
     scheme = url.partition(":")[0].partition("+")[0]
     if scheme not in STORAGE_SCHEMES:
         raise StudyError(
@@ -249,5 +248,7 @@ def load_existing_study(storage_url: str, name: str | None) -> optuna.Study:
         name = names[0]
     if name not in names:
         listed = ", ".join(names) if names else "none"
-        raise StudyError(f"--study {name}: no such study in {storage_url} (studies: {listed})")
+        raise StudyError(
+            f"--study {name}: no such study in {redact_url(storage_url)} (studies: {listed})"
+        )
     return optuna.load_study(study_name=name, storage=storage)
