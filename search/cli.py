@@ -155,6 +155,18 @@ def run(
             "if it is over budget (default on).",
         ),
     ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(help="Optuna sampler: tpe (the default) or random."),
+    ] = None,
+    references: Annotated[
+        bool | None,
+        typer.Option(
+            "--references/--no-references",
+            help="Start a new study with single-lever reference trials after the baseline "
+            "(default on); off, the sampler proposes everything after the baseline.",
+        ),
+    ] = None,
     allow_mixed_hardware: Annotated[
         bool | None,
         typer.Option(
@@ -186,6 +198,8 @@ def run(
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
         "latency-first": latency_first,
+        "sampler": sampler,
+        "references": references,
         "allow-mixed-hardware": allow_mixed_hardware,
     }
     from search.config_file import search_config_from

@@ -16,6 +16,9 @@ DEVICES = ("cpu", "cuda")
 MAX_WORKERS = 64
 # The names of search.runtimes.RUNTIMES, here so that parsing a config imports no torch.
 RUNTIMES = ("onnxruntime", "torch", "torch-compile")
+# Optuna samplers a study can use: TPE (the default; learns from the trials so far) and
+# random search (the plain baseline a benchmark compares it with).
+SAMPLERS = ("tpe", "random")
 
 
 def parse_latency_ms(text: str) -> float:
@@ -85,6 +88,9 @@ class SearchConfig:
             silent for four beats is failed and retried once by the next worker.
         batch_size: batch size for latency measurement.
         finetune_epochs: recovery fine-tuning epochs after a model-changing technique.
+        sampler: ``tpe`` (the default) or ``random``: how Optuna proposes the next trial.
+        references: start a new study with the single-lever reference trials after the
+            baseline (pruning 50%, int8 static, both); off, the baseline alone.
         latency_first: measure each candidate's architecture and number format before
             fine-tuning it, and stop a trial whose draft is over the budget.
         allow_mixed_hardware: resume a study created on other hardware (its latencies
@@ -120,6 +126,8 @@ class SearchConfig:
     # the search the way they do as members of an accuracy-size-latency front.
     max_accuracy_drop: float = 0.01
     latency_first: bool = True
+    sampler: str = "tpe"
+    references: bool = True
     allow_mixed_hardware: bool = False
     levers: LeverSettings = field(default_factory=LeverSettings)
     home: Path = field(default_factory=Path.cwd)
@@ -134,6 +142,10 @@ class SearchConfig:
         if self.runtime not in RUNTIMES:
             raise ConfigError(
                 f"--runtime {self.runtime!r} is unknown: use one of {', '.join(RUNTIMES)}"
+            )
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(
+                f"--sampler {self.sampler!r} is unknown: use one of {', '.join(SAMPLERS)}"
             )
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials {self.trials} must be at least 1")

@@ -46,6 +46,8 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
     "finetune-epochs": (int,),
     "max-accuracy-drop": (int, float),
     "latency-first": (bool,),
+    "sampler": (str,),
+    "references": (bool,),
     "allow-mixed-hardware": (bool,),
 }
 
@@ -69,6 +71,8 @@ _FIELDS = {
     "finetune-epochs": "finetune_epochs",
     "max-accuracy-drop": "max_accuracy_drop",
     "latency-first": "latency_first",
+    "sampler": "sampler",
+    "references": "references",
     "allow-mixed-hardware": "allow_mixed_hardware",
 }
 

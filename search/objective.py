@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from search.latency import MIN_REPEATS, LatencyStats, measure_latency, measurement_lock
+from search.phases import PhaseClock
 from search.runtime import Artifact, compact_names, graph_signature
 from search.runtimes import ONNXRUNTIME, evaluate, export
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
@@ -88,6 +89,13 @@ def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor) -> tup
     return int(macs), int(params)
 
 
+# A duplicate trial copies its original's figures, but not these: they are its own.
+_OWN_ATTRS = frozenset(
+    ("mlflow_run_id", "run_name", "baseline", "reference", "host", "pid", "phase_seconds",
+     "trial_seconds")
+)  # fmt: skip
+
+
 class TrialObjective:
     """Callable for ``study.optimize``: returns (accuracy, latency p50 ms, size MB)."""
 
@@ -106,6 +114,7 @@ class TrialObjective:
         self.workdir = workdir
         # model-stage key -> (trial number that fine-tuned it, model); see _fine_tuned
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
+        self._clock = PhaseClock()  # this trial's phases; a new one per trial
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         workdir = self.workdir / f"trial-{trial.number:04d}"
@@ -119,6 +128,7 @@ class TrialObjective:
             options=self.settings.options,
             runtime=self.settings.runtime,
         )
+        self._clock = PhaseClock()
         plan = sample_plan(trial, ctx)
         run_id = self.link.tracker.start_run(
             self.link.experiment_id,
@@ -174,9 +184,10 @@ class TrialObjective:
         key = trained_model_key(trial.params, plan)
         torch.manual_seed(self.settings.seed + zlib.crc32(key.encode()))
         architecture = self.base_model
-        for name, technique in model_techniques():
-            if plan[name] is not None:
-                architecture = technique.apply(architecture, plan[name], ctx)
+        with self._clock.phase("levers"):
+            for name, technique in model_techniques():
+                if plan[name] is not None:
+                    architecture = technique.apply(architecture, plan[name], ctx)
         draft = self._deploy(architecture, plan, ctx, "draft")
         # The baseline is every ratio's reference: always a full measurement, never screened.
         screen = self.settings.latency_first and not trial.user_attrs.get("baseline")
@@ -195,11 +206,13 @@ class TrialObjective:
     def _deploy(self, model: nn.Module, plan: dict[str, Any], ctx: Context, kind: str) -> Artifact:
         """Export ``model`` and apply the artifact levers: the file that would ship."""
         example = self.task.example_inputs(1)
-        artifact = export(self.settings.runtime, model, example, ctx.workdir / kind / "model")
-        for name, technique in artifact_techniques():
-            if plan[name] is not None:
-                artifact = technique.apply(artifact, plan[name], ctx)
-        return compact_names(artifact)
+        with self._clock.phase("export"):
+            path = ctx.workdir / kind / "model"
+            artifact = export(self.settings.runtime, model, example, path)
+            for name, technique in artifact_techniques():
+                if plan[name] is not None:
+                    artifact = technique.apply(artifact, plan[name], ctx)
+            return compact_names(artifact)
 
     def _latency(self, trial: optuna.Trial, artifact: Artifact, *, screen: bool) -> LatencyStats:
         """The latency of ``artifact``'s graph: from the study if known, else measured.
@@ -218,7 +231,10 @@ class TrialObjective:
             if own is None:
                 trial.set_user_attr("latency_reused", True)
             return known
-        with measurement_lock(self.settings.lock_dir, self.settings.device):
+        with (
+            measurement_lock(self.settings.lock_dir, self.settings.device),
+            self._clock.phase("latency"),
+        ):
             latency = measure_latency(
                 artifact,
                 self.task.example_inputs(self.settings.batch_size).numpy(),
@@ -242,8 +258,10 @@ class TrialObjective:
         kind: str = "deployed",
     ) -> tuple[float, float, float]:
         """Accuracy of ``artifact``, the constraints, user attrs and the MLflow run."""
-        accuracy = self._accuracy(artifact)
-        macs, n_params = count_macs_and_params(model, self.task.example_inputs(1))
+        with self._clock.phase("evaluate"):
+            accuracy = self._accuracy(artifact)
+        with self._clock.phase("count_macs"):
+            macs, n_params = count_macs_and_params(model, self.task.example_inputs(1))
         over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
         below_floor = self.settings.accuracy_floor - accuracy
         trial.set_constraint(CONSTRAINT_KEY, over_budget_ms)
@@ -274,6 +292,9 @@ class TrialObjective:
             trial.set_user_attr(key, value)
         trial.set_user_attr("scheme", artifact.scheme)
         trial.set_user_attr("accuracy_kind", kind)
+        # Where the time went (benchmarks.overhead); MLflow logging after this is not in it.
+        trial.set_user_attr("phase_seconds", dict(self._clock.seconds))
+        metrics.update({f"seconds_{k}": v for k, v in self._clock.seconds.items()})
         protocol = {
             f"latency.{k}": v for k, v in latency.as_dict().items() if not k.endswith("_ms")
         }
@@ -334,7 +355,8 @@ class TrialObjective:
         for name, artifact in artifact_techniques():  # QAT: innermost, first to finish
             if plan[name] is not None:
                 recipe = artifact.configure(recipe, plan[name], ctx)
-        model = self._fine_tune(model, recipe, run_id)
+        with self._clock.phase("fine_tune"):
+            model = self._fine_tune(model, recipe, run_id)
         self._models[key] = (trial.number, model)
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
@@ -349,7 +371,7 @@ class TrialObjective:
         time. The trial carries the original's figures and says whose they are.
         """
         for key, value in original.user_attrs.items():
-            if key not in ("mlflow_run_id", "run_name", "baseline", "reference", "host", "pid"):
+            if key not in _OWN_ATTRS:
                 trial.set_user_attr(key, value)
         trial.set_user_attr("duplicate_of", original.number)
         for key, value in original.constraints.items():

@@ -119,6 +119,8 @@ def run_search(
                 config, latency_budget_ms=_relative_budget(config, task, base_artifact)
             )
     references = constrain_references(reference_trials(ctx), fixed)
+    if not config.references:  # the baseline stays: every ratio is against it
+        references = references[:1]
     study = open_study(config, task.name, references, fixed)
     tracker = tracker_for(config)
     experiment_id = tracker.experiment_id(study.study_name)

@@ -172,10 +172,7 @@ def open_study(
     # A process joining workers that are running now draws its own random start-up points;
     # otherwise the seed plus the trial count keeps a resumed study reproducible.
     seed = config.seed + known_trials + (os.getpid() if running else 0)
-    study.sampler = fixing_sampler(
-        optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS),
-        fixed or {},
-    )
+    study.sampler = fixing_sampler(make_sampler(config.sampler, seed), fixed or {})
     if created:
         study.set_metric_names(list(OBJECTIVE_NAMES))
         for key, value in identity.items():
@@ -184,6 +181,17 @@ def open_study(
         for params, user_attrs in first_trials:
             study.enqueue_trial(dict(params), user_attrs=dict(user_attrs))
     return study
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler by name (``SearchConfig.sampler``), seeded.
+
+    TPE reads the constraints trials set (``trial.set_constraint``) and ranks infeasible
+    trials behind feasible ones; random search ignores everything it has seen.
+    """
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)
 
 
 def _check_hardware(name: str, stored: Mapping[str, str] | None, here: Mapping[str, str]) -> None:

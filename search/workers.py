@@ -174,7 +174,7 @@ def worker_main(job: WorkerJob) -> None:
     from search.objective import RunLink
     from search.recovery import StaleTrialHandler
     from search.runner import build_model
-    from search.study import TPE_STARTUP_TRIALS, make_storage
+    from search.study import make_sampler, make_storage
     from search.task import load_task
     from search.tracking import tracker_for
 
@@ -195,10 +195,7 @@ def worker_main(job: WorkerJob) -> None:
     )
     known = len(optuna.load_study(study_name=job.study_name, storage=storage).trials)
     sampler = fixing_sampler(
-        optuna.samplers.TPESampler(
-            seed=config.seed + known + SEED_STRIDE * (job.index + 1),
-            n_startup_trials=TPE_STARTUP_TRIALS,
-        ),
+        make_sampler(config.sampler, config.seed + known + SEED_STRIDE * (job.index + 1)),
         job.fixed,
     )
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler)

@@ -1,0 +1,74 @@
+"""``python -m benchmarks run`` writes the results file; ``compare`` checks two of them.
+
+python -m benchmarks run [--quick] [--device cpu|cuda] [--seeds 0 1 2] ...
+python -m benchmarks compare benchmarks/results/A.json benchmarks/results/B.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the benchmarks and write the results file")
+    run.add_argument("--quick", action="store_true", help="minutes, to check the machinery")
+    run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    run.add_argument("--runtime", default="onnxruntime")
+    run.add_argument("--seeds", type=int, nargs="+", help="efficiency runs per arm")
+    run.add_argument("--arm-seconds", type=float, help="wall time per efficiency run")
+    run.add_argument("--search-trials", type=int, help="trials per compression search")
+    run.add_argument("--rounds", type=int, help="side-by-side latency rounds")
+    run.add_argument("--work", type=Path, help="work folder (default benchmarks/work/<time>)")
+    run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    check = commands.add_parser("compare", help="do two results files agree?")
+    check.add_argument("first", type=Path)
+    check.add_argument("second", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "compare":
+        from benchmarks.compare import agreement
+
+        ok, lines = agreement(args.first, args.second)
+        print("\n".join(lines))
+        return 0 if ok else 1
+    return _run(args, argv if argv is not None else sys.argv[1:])
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.runtimes import check_target
+
+    check_target(args.runtime, args.device)
+    from benchmarks.report import results_stem, write_results
+    from benchmarks.suite import Plan, quick_plan, run_benchmark
+
+    plan = quick_plan(args.device, args.runtime) if args.quick else Plan(args.device, args.runtime)
+    overrides = {
+        "seeds": tuple(args.seeds) if args.seeds else None,
+        "arm_seconds": args.arm_seconds,
+        "search_trials": args.search_trials,
+        "rounds": args.rounds,
+    }
+    plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    work = args.work or Path("benchmarks/work") / time.strftime("%Y%m%d-%H%M%S")
+    work.mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    results = run_benchmark(plan, work.resolve(), say)
+    command = "python -m benchmarks " + shlex.join(argv)
+    for path in write_results(results, results_stem(args.out, plan.quick), command):
+        say(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

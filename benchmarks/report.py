@@ -1,0 +1,171 @@
+"""The results file: ``benchmarks/results/<date>.md`` beside its JSON and its plot."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+
+def results_stem(folder: Path, quick: bool, today: date | None = None) -> Path:
+    """``<folder>/<date>[-quick]``, with ``-2``, ``-3``... when that day already has one."""
+    base = (today or date.today()).isoformat() + ("-quick" if quick else "")
+    stem, n = folder / base, 1
+    while stem.with_suffix(".json").exists():
+        n += 1
+        stem = folder / f"{base}-{n}"
+    return stem
+
+
+def write_results(results: dict[str, Any], stem: Path, command: str) -> list[Path]:
+    """The JSON (everything), the hypervolume plot and the Markdown summary."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    results = {"command": command, **results}
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=2, default=str))
+    plot = stem.parent / f"{stem.name}-hypervolume.png"
+    plot_hypervolume(results["efficiency"], plot)
+    markdown = stem.with_suffix(".md")
+    markdown.write_text(render_markdown(results, plot.name))
+    return [markdown, json_path, plot]
+
+
+def render_markdown(results: dict[str, Any], plot_name: str) -> str:
+    plan, hw = results["plan"], results["hardware"]
+    lines = [
+        f"# Benchmark results{' (quick: checks the machinery, not for quoting)' if plan['quick'] else ''}",
+        "",
+        f"`{results['command']}`",
+        "",
+        f"Machine: {hw.get('cpu_model')} ({hw.get('cpu_count')} cores), ONNX Runtime {hw.get('onnxruntime')}, "
+        f"torch {hw.get('torch')}; device {plan['device']}, runtime {plan['runtime']}, "
+        f"{plan['threads']} thread(s), batch 1. Baseline p50 {results['baseline_p50_ms']:.4f} ms. "
+        f"Run time {results['durations_s']['total'] / 60:.1f} min.",
+        "",
+        "## Compression against the fp32 baseline",
+        "",
+        "Measured side by side in one process: test-split accuracy of the deployed file in its "
+        f"runtime, p50 over {plan['rounds']} interleaved rounds, ×faster taken within each "
+        "round (median, and min–max over rounds).",
+        "",
+        "| model | test accuracy (Δ points) | p50 ms | ×faster (min–max) | size KB | ×smaller | ×fewer MACs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["models"]:
+        faster, low, high = row["faster"]
+        fewer = f"{row['fewer_macs']:.2f}" if row["fewer_macs"] else "–"
+        lines.append(
+            f"| {row['name']} ({row['scheme']}) | {row['test_accuracy']:.4f} "
+            f"({row['accuracy_delta_points']:+.2f}) | {row['p50_ms']:.4f} | "
+            f"{faster:.2f} ({low:.2f}–{high:.2f}) | {row['size_bytes'] / 1e3:.1f} | "
+            f"{row['smaller']:.2f} | {fewer} |"
+        )
+    lines += ["", "Searches (TPE with references and latency first, seed 0):", ""]
+    for share, entry in results["compression"].items():
+        found = (
+            f"best feasible: trial {entry['trial']} `{_params(entry['params'])}`"
+            if "trial" in entry
+            else "no feasible trial"
+        )
+        lines.append(
+            f"- {share} ({entry['budget_ms']:.4f} ms): {entry['trials']} trials, "
+            f"{entry['feasible']} feasible; {found}"
+        )
+    lines += [
+        "",
+        '"Best" is the feasible trial (under the budget, within one point of the baseline '
+        "on validation) with the largest ×faster × ×smaller.",
+        "",
+        "## Search efficiency",
+        "",
+    ]
+    eff = results["efficiency"]
+    lines += [
+        f"Budget {eff['budget_ms']:.4f} ms; {plan['arm_seconds']:g} s of wall time per run; "
+        f"seeds {', '.join(str(s) for s in plan['seeds'])}. Hypervolume of the feasible front "
+        "in (accuracy, p50, size), normalised to the box from the ideal (accuracy 1, 0 ms, "
+        "0 bytes) to the reference point (accuracy floor, latency budget, baseline size).",
+        "",
+        "| arm | median hypervolume | min–max | trials per run | feasible per run |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, s in eff["summary"].items():
+        trials = ", ".join(str(r["trials"]) for r in s["runs"])
+        feasible = ", ".join(str(r["feasible"]) for r in s["runs"])
+        lines.append(
+            f"| {arm} | {s['final_median']:.4f} | {s['final_min']:.4f}–{s['final_max']:.4f} | "
+            f"{trials} | {feasible} |"
+        )
+    arms = list(eff["summary"])
+    if len(arms) > 1:
+        ours, random = eff["summary"][arms[0]], eff["summary"][arms[1]]
+        ratio = (
+            f"{ours['final_median'] / random['final_median']:.2f}×"
+            if random["final_median"] > 0
+            else "∞ (random reached none)"
+        )
+        lines += [
+            "",
+            f"Median hypervolume, default against random without latency first: {ratio}.",
+        ]
+    lines += ["", f"![hypervolume against wall time]({plot_name})", ""]
+    ov = results["overhead"]
+    lines += [
+        "## Overhead",
+        "",
+        f"Over {ov['trials']} completed trials: {100 * ov['trial_share']:.1f}% of trial wall "
+        f"time and {100 * ov['run_share']:.1f}% of run wall time (gaps between trials "
+        "included) is spent outside fine-tuning, evaluation and latency measurement.",
+        "",
+        "| phase | seconds | share of trial time |",
+        "|---|---|---|",
+    ]
+    for name, seconds in sorted(ov["phases"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {seconds:.1f} | {100 * seconds / ov['trial_seconds']:.1f}% |")
+    peaks = results["peaks"]
+    lines += [
+        "",
+        "## Against the limit",
+        "",
+        f"Measured peaks: {peaks['fp32_gmacs']:.1f} G fp32 MAC/s, {peaks['int8_gmacs']:.1f} G "
+        f"int8 MAC/s, {peaks['bandwidth_gbs']:.1f} GB/s ({peaks['how']}).",
+        "",
+        "| model | MACs | bytes | compute floor ms | memory floor ms | measured ms | × above floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["roofline"]:
+        lines.append(
+            f"| {r['name']} ({r['rate']}) | {r['macs'] / 1e6:.2f} M | {r['bytes'] / 1e3:.0f} KB | "
+            f"{r['compute_ms']:.4f} | {r['memory_ms']:.4f} | {r['measured_ms']:.4f} | "
+            f"{r['above_floor']:.1f} |"
+        )
+    lines += ["", f"Work folder (Optuna and MLflow stores): `{results['work_folder']}`", ""]
+    return "\n".join(lines)
+
+
+def plot_hypervolume(efficiency: dict[str, Any], path: Path) -> None:
+    """Median hypervolume against wall time per arm, with the min–max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    times = np.array(efficiency["times_s"])
+    for arm, runs in efficiency["curves"].items():
+        values = np.array(runs)
+        axes.plot(times, np.median(values, axis=0), label=arm)
+        axes.fill_between(times, values.min(axis=0), values.max(axis=0), alpha=0.2)
+    axes.set_xlabel("wall time (s)")
+    axes.set_ylabel("hypervolume of the feasible front")
+    axes.set_title(f"budget {efficiency['budget_ms']:.3f} ms")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())

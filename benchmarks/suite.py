@@ -1,0 +1,313 @@
+"""The benchmark run, in order: each part measured in this one process.
+
+baseline p50 -> compression searches at each budget (a share of that p50) -> best feasible
+model per budget -> single-lever references (int8 static, pruning 50%, a distilled
+width-0.5 student) -> side-by-side ratios on the test split -> roofline estimate -> search
+efficiency (three arms x seeds at a fixed wall time) -> overhead of every trial run.
+
+Everything runs in a work folder of its own (``studies/`` and ``mlruns/`` inside it, so
+``mlflow ui --backend-store-uri sqlite:///<work>/mlruns/mlflow.db`` shows every trial);
+the trained baseline is copied from the working folder's cache when it is there.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from benchmarks.hypervolume import box_of, curve, feasible_points
+from benchmarks.overhead import overhead
+from benchmarks.roofline import floor_of, measure_peaks, onnx_bytes
+from benchmarks.side_by_side import compare
+from benchmarks.student import distilled_student
+from search.config import SearchConfig
+from search.latency import hardware_fingerprint, measure_latency
+from search.levers import LeverSettings
+from search.profile import Target, baseline_target, trial_target
+from search.runner import run_search
+from search.study import baseline_trial, is_feasible
+from search.task import Task, load_task
+from techniques import TECHNIQUES
+
+Say = Callable[[str], None]
+
+# The three ways to search that the efficiency benchmark puts side by side.
+ARMS: dict[str, dict[str, Any]] = {
+    "default (TPE, references, latency first)": {
+        "sampler": "tpe", "references": True, "latency_first": True},
+    "random, no latency first": {"sampler": "random", "references": False, "latency_first": False},
+    "ours, no latency first": {"sampler": "tpe", "references": True, "latency_first": False},
+}  # fmt: skip
+CURVE_POINTS = 21
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one benchmark run does; the defaults are the run the README quotes."""
+
+    device: str = "cpu"
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    budgets: tuple[float, ...] = (0.5, 0.25)  # shares of the baseline's p50
+    search_trials: int = 40  # per compression search
+    seeds: tuple[int, ...] = (0, 1, 2)  # efficiency runs per arm
+    arm_seconds: float = 300.0  # wall time per efficiency run
+    rounds: int = 5  # side-by-side latency rounds
+    quick: bool = False
+    arms: tuple[str, ...] = field(default_factory=lambda: tuple(ARMS))
+
+
+def quick_plan(device: str, runtime: str) -> Plan:
+    """A few minutes end to end: checks the machinery, not numbers to quote."""
+    return Plan(device=device, runtime=runtime, search_trials=8, seeds=(0,), arm_seconds=60,
+                rounds=2, quick=True)  # fmt: skip
+
+
+def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
+    """Run every part of ``plan`` in ``work``; the results as one JSON-ready dict."""
+    started = time.perf_counter()
+    durations: dict[str, float] = {}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    task = _task(work)
+    base_config = SearchConfig(
+        device=plan.device,
+        runtime=plan.runtime,
+        threads=plan.threads,
+        home=work,
+        trials=plan.search_trials,
+    )
+    folder = work / "models"
+    baseline = baseline_target(task, folder / "baseline", plan.runtime)
+    base_ms = measure_latency(
+        baseline.artifact,
+        task.example_inputs(1).numpy(),
+        runtime=plan.runtime,
+        device=plan.device,
+        threads=plan.threads,
+    ).p50_ms
+    say(f"baseline p50 {base_ms:.4f} ms; budgets {', '.join(f'{b:g}x' for b in plan.budgets)}")
+
+    clock = time.perf_counter()
+    studies: list[optuna.Study] = []
+    compression: dict[str, Any] = {}
+    chosen: list[Target] = []
+    for share in plan.budgets:
+        config = replace(
+            base_config, latency_budget_ms=share * base_ms, study_name=f"compress-{share:g}x"
+        )
+        study = _search(config, task, say)
+        studies.append(study)
+        best = best_feasible(study)
+        entry: dict[str, Any] = {
+            "budget_ms": config.latency_budget_ms,
+            "trials": len(study.trials),
+        }
+        entry["feasible"] = sum(is_feasible(t) for t in study.trials)
+        if best is not None:
+            target = trial_target(study, best.number, config.mlflow_uri, folder / study.study_name)
+            target = replace(target, name=f"best at {share:g}x (trial {best.number})")
+            chosen.append(target)
+            entry.update(trial=best.number, params=best.params, name=target.name)
+        compression[f"{share:g}x"] = entry
+    durations["compression searches"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    references = _references(base_config, base_ms * plan.budgets[0], task, folder, say)
+    studies.append(references[0])
+    base_model = task.build_model()
+    student = distilled_student(task, base_model, folder, plan.runtime)
+    durations["references"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    say(f"side by side: {plan.rounds} rounds")
+    compared = compare(
+        baseline,
+        [*chosen, *references[1], student],
+        task,
+        runtime=plan.runtime,
+        device=plan.device,
+        threads=plan.threads,
+        rounds=plan.rounds,
+    )
+    durations["side by side"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    peaks = measure_peaks(plan.device, plan.threads)
+    roofline = [
+        floor_of(
+            macs=int(row.macs),
+            n_bytes=_model_bytes(target),
+            int8=row.scheme.startswith("int8"),
+            measured_ms=row.p50_ms,
+            peaks=peaks,
+        ).as_dict()
+        | {"name": row.name}
+        for row, target in zip(compared, [baseline, *chosen], strict=False)
+        if row.macs
+    ]
+    durations["roofline"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    efficiency = _efficiency(plan, base_config, base_ms * plan.budgets[0], task, say)
+    studies += [s for runs in efficiency.pop("studies").values() for s in runs]
+    durations["efficiency"] = time.perf_counter() - clock
+
+    durations["total"] = time.perf_counter() - started
+    return {
+        "plan": asdict(plan),
+        "hardware": hardware_fingerprint(),
+        "work_folder": str(work),
+        "baseline_p50_ms": base_ms,
+        "compression": compression,
+        "models": [row.as_dict() for row in compared],
+        "peaks": peaks.as_dict(),
+        "roofline": roofline,
+        "efficiency": efficiency,
+        "overhead": overhead(studies).as_dict(),
+        "durations_s": durations,
+    }
+
+
+def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The feasible trial furthest from the baseline in speed and size together.
+
+    Feasible already means within the accuracy drop and under the budget; among those, the
+    largest product of ×faster and ×smaller (the geometric mean of the two gains), then
+    the more accurate. None when nothing is feasible.
+    """
+    base = baseline_trial(study)
+    feasible = [t for t in study.trials if is_feasible(t) and not t.user_attrs.get("baseline")]
+    if base is None or not feasible:
+        return None
+
+    def gain(trial: optuna.trial.FrozenTrial) -> tuple[float, float]:
+        faster = base.values[1] / trial.values[1]
+        smaller = base.values[2] / trial.values[2]
+        return (round(math.log(faster * smaller), 9), trial.values[0])
+
+    return max(feasible, key=gain)
+
+
+def _task(work: Path) -> Task:
+    """The digits task in ``work``, its trained baseline copied from here when cached."""
+    cache = work / "studies" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for trained in (Path.cwd() / "studies" / "cache").glob("digits-*.pt"):
+        if not (cache / trained.name).exists():
+            shutil.copy2(trained, cache / trained.name)
+    return load_task("digits", cache_dir=cache)
+
+
+def _search(config: SearchConfig, task: Task, say: Say) -> optuna.Study:
+    name = config.study_name
+    say(f"{name}: budget {config.latency_budget_ms:.4f} ms, "
+        + (f"{config.trials} trials" if config.trials else f"{config.timeout_s:g} s"))  # fmt: skip
+
+    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            accuracy, p50, size = trial.values
+            flag = "feasible" if is_feasible(trial) else "-"
+            say(f"  {name} #{trial.number}: {accuracy:.4f} {p50:.4f} ms {size:.3f} MB {flag}")
+        else:
+            reason = trial.user_attrs.get("fail_reason", "")
+            say(f"  {name} #{trial.number}: {trial.state.name} {reason}")
+
+    run_search(config, task=task, on_trial=progress)
+    return optuna.load_study(study_name=str(name), storage=config.storage_url)
+
+
+def _references(
+    base_config: SearchConfig, budget_ms: float, task: Task, folder: Path, say: Say
+) -> tuple[optuna.Study, list[Target]]:
+    """int8 static alone and pruning 50% alone, each through the search's own pipeline.
+
+    One study, started with the baseline alone; each reference is one trial with every
+    other lever off and its own fixed at the lever's reference setting (no distillation:
+    the pruned model fine-tunes on the labels alone).
+    """
+    targets = []
+    study = None
+    for index, lever in enumerate(("quant", "prune")):
+        reference = TECHNIQUES[lever].reference_params(None)  # type: ignore[arg-type]
+        levers = LeverSettings(
+            off=tuple(name for name in TECHNIQUES if name != lever),
+            fixed=tuple(reference.items()),
+        )
+        config = replace(
+            base_config,
+            latency_budget_ms=budget_ms,
+            study_name="references",
+            references=False,
+            trials=2 if index == 0 else 1,  # the first invocation also runs the baseline
+            levers=levers,
+        )
+        study = _search(config, task, say)
+        last = study.trials[-1]
+        label = "int8 static alone" if lever == "quant" else "pruning 50% alone"
+        target = trial_target(study, last.number, config.mlflow_uri, folder / "references")
+        targets.append(replace(target, name=f"{label} (trial {last.number})"))
+    assert study is not None
+    return study, targets
+
+
+def _efficiency(
+    plan: Plan, base_config: SearchConfig, budget_ms: float, task: Task, say: Say
+) -> dict[str, Any]:
+    """Each arm once per seed, seed by seed (drift hits every arm alike), at one wall time."""
+    times = list(np.linspace(0, plan.arm_seconds, CURVE_POINTS))
+    curves: dict[str, list[list[float]]] = {arm: [] for arm in plan.arms}
+    studies: dict[str, list[optuna.Study]] = {arm: [] for arm in plan.arms}
+    counts: dict[str, list[dict[str, int]]] = {arm: [] for arm in plan.arms}
+    for seed in plan.seeds:
+        for index, arm in enumerate(plan.arms):
+            config = replace(
+                base_config,
+                latency_budget_ms=budget_ms,
+                study_name=f"efficiency-{index}-seed{seed}",
+                seed=seed,
+                trials=None,
+                timeout_s=plan.arm_seconds,
+                **ARMS[arm],
+            )
+            study = _search(config, task, say)
+            studies[arm].append(study)
+            points = feasible_points(study.trials)
+            curves[arm].append(curve(points, box_of(study), times))
+            counts[arm].append(
+                {
+                    "trials": sum(t.state.is_finished() for t in study.trials),
+                    "feasible": len(points),
+                }
+            )
+    summary = {
+        arm: {
+            "final_median": statistics.median(c[-1] for c in curves[arm]),
+            "final_min": min(c[-1] for c in curves[arm]),
+            "final_max": max(c[-1] for c in curves[arm]),
+            "runs": counts[arm],
+        }
+        for arm in plan.arms
+    }
+    return {
+        "budget_ms": budget_ms,
+        "times_s": times,
+        "curves": curves,
+        "summary": summary,
+        "studies": studies,
+    }
+
+
+def _model_bytes(target: Target) -> int:
+    """Bytes an inference touches at least once (ONNX), or the file's size (programs)."""
+    if target.artifact.format == "onnx":
+        return onnx_bytes(target.artifact.path)
+    return target.artifact.size_bytes

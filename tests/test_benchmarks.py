@@ -1,0 +1,217 @@
+"""The benchmark's arithmetic on made-up trials: hypervolume, choice, overhead, roofline.
+
+No timing is asserted anywhere: benchmarks are measurements, run by ``python -m benchmarks``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import optuna
+import pytest
+
+from benchmarks.compare import agreement
+from benchmarks.hypervolume import Box, box_of, curve, feasible_points, hypervolume
+from benchmarks.overhead import overhead
+from benchmarks.report import render_markdown, results_stem
+from benchmarks.roofline import Peaks, floor_of, onnx_bytes
+from benchmarks.suite import best_feasible
+from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY, make_sampler
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+
+
+def _trial(values, *, feasible=True, start=0.0, seconds=10.0, phases=None, baseline=False):
+    attrs = {"baseline": True} if baseline else {}
+    if phases is not None:
+        attrs["phase_seconds"] = phases
+    trial = optuna.trial.create_trial(
+        values=list(values),
+        user_attrs=attrs,
+        constraints={CONSTRAINT_KEY: -1.0 if feasible else 1.0, ACCURACY_CONSTRAINT_KEY: -1.0},
+    )
+    trial.datetime_start = T0 + timedelta(seconds=start)
+    trial.datetime_complete = T0 + timedelta(seconds=start + seconds)
+    return trial
+
+
+def _study(trials, budget_ms=0.3):
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("latency_budget_ms", budget_ms)
+    study.set_user_attr("max_accuracy_drop", 0.01)
+    study.add_trials(trials)
+    return study
+
+
+def test_hypervolume_is_the_dominated_share_of_the_unit_box() -> None:
+    box = Box(accuracy_floor=0.98, budget_ms=1.0, baseline_size_mb=1.0)
+    # losses (0.5, 0.5, 0.5): the corner box (1 - 0.5)^3
+    assert hypervolume([(0.99, 0.5, 0.5)], box) == pytest.approx(0.125)
+    # two points that overlap: 0.125 + 0.5*0.75*1... computed by inclusion-exclusion
+    both = hypervolume([(0.99, 0.5, 0.5), (0.995, 0.25, 0.5)], box)
+    assert both == pytest.approx(0.75 * 0.75 * 0.5)
+    # outside the box (over the budget, or bigger than the baseline) adds nothing
+    assert hypervolume([(0.99, 1.5, 0.5), (0.99, 0.5, 2.0)], box) == 0.0
+
+
+def test_the_curve_counts_a_point_from_the_moment_it_completed() -> None:
+    base = _trial((0.99, 0.6, 1.0), feasible=False, baseline=True)
+    quick = _trial((0.99, 0.15, 0.5), start=10, seconds=10)
+    late = _trial((0.995, 0.15, 0.25), start=20, seconds=20)
+    study = _study([base, quick, late])
+    box = box_of(study)
+    assert box == Box(pytest.approx(0.98), 0.3, 1.0)
+    points = feasible_points(study.trials)
+    assert [seconds for seconds, _ in points] == [20.0, 40.0]
+    values = curve(points, box, [0, 20, 39, 40])
+    assert values[0] == 0.0 and values[1] == values[2] > 0 and values[3] > values[2]
+
+
+def test_best_feasible_is_the_largest_speed_and_size_gain() -> None:
+    base = _trial((0.99, 0.6, 1.0), feasible=False, baseline=True)
+    fast = _trial((0.99, 0.2, 0.5))  # 3x faster, 2x smaller: 6
+    small = _trial((0.985, 0.29, 0.125))  # 2.07x, 8x: 16.6
+    tiny_but_slow = _trial((0.99, 0.5, 0.01), feasible=False)
+    assert best_feasible(_study([base, fast, small, tiny_but_slow])).values == small.values
+    assert best_feasible(_study([base, tiny_but_slow])) is None
+
+
+def test_overhead_is_what_the_work_phases_leave() -> None:
+    work = {"fine_tune": 6.0, "evaluate": 1.0, "latency": 1.0, "export": 1.0}
+    first = _trial((0.99, 0.2, 0.5), start=0, seconds=10, phases=work)
+    second = _trial((0.99, 0.2, 0.5), start=12, seconds=10, phases=work)  # a 2 s gap
+    result = overhead([_study([first, second])])
+    assert result.trials == 2 and result.work_seconds == pytest.approx(16)
+    assert result.trial_share == pytest.approx(0.2)
+    assert result.run_share == pytest.approx(1 - 16 / 22)
+    assert result.phases["export"] == pytest.approx(2)
+    assert result.phases["other (Optuna, MLflow, files)"] == pytest.approx(2)
+
+
+def test_roofline_takes_the_slower_of_compute_and_memory() -> None:
+    peaks = Peaks(fp32_gmacs=50, int8_gmacs=100, bandwidth_gbs=10, threads=1, how="made up")
+    fp32 = floor_of(50_000_000, 1_000_000, False, measured_ms=2.0, peaks=peaks)
+    assert fp32.compute_ms == pytest.approx(1.0) and fp32.memory_ms == pytest.approx(0.1)
+    assert fp32.above_floor == pytest.approx(2.0)
+    int8 = floor_of(50_000_000, 100_000_000, True, measured_ms=20.0, peaks=peaks)
+    assert int8.compute_ms == pytest.approx(0.5) and int8.floor_ms == pytest.approx(10.0)
+
+
+def test_onnx_bytes_counts_weights_and_intermediate_tensors(tmp_path) -> None:
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [weight],
+    )
+    path = tmp_path / "m.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    # 12 weights, then h and y of 3 floats each at batch 1
+    assert onnx_bytes(path) == 4 * (12 + 3 + 3)
+
+
+def test_results_never_overwrite_an_earlier_run(tmp_path) -> None:
+    day = date(2026, 11, 24)
+    first = results_stem(tmp_path, quick=False, today=day)
+    assert first.name == "2026-11-24"
+    first.with_suffix(".json").write_text("{}")
+    assert results_stem(tmp_path, quick=False, today=day).name == "2026-11-24-2"
+    assert results_stem(tmp_path, quick=True, today=day).name == "2026-11-24-quick"
+
+
+def _results(faster_student: float, hv_random: float) -> dict:
+    def model(name, faster, size):
+        return {
+            "name": name,
+            "scheme": "fp32",
+            "test_accuracy": 0.99,
+            "accuracy_delta_points": 0.0,
+            "p50_ms": 0.3,
+            "faster": [faster, faster - 0.05, faster + 0.05],
+            "size_bytes": size,
+            "smaller": 1e6 / size,
+            "fewer_macs": None,
+        }
+
+    arms = {"default": 0.5, "random": hv_random}
+    return {
+        "command": "python -m benchmarks run",
+        "plan": {
+            "quick": False,
+            "device": "cpu",
+            "runtime": "onnxruntime",
+            "threads": 1,
+            "rounds": 3,
+            "arm_seconds": 60,
+            "seeds": [0],
+        },
+        "hardware": {"cpu_model": "x", "cpu_count": "2"},
+        "baseline_p50_ms": 0.6,
+        "durations_s": {"total": 60},
+        "work_folder": "w",
+        "compression": {
+            "0.5x": {
+                "budget_ms": 0.3,
+                "trials": 5,
+                "feasible": 1,
+                "trial": 1,
+                "params": {"prune.ratio": 0.5},
+            }
+        },
+        "models": [
+            model("baseline", 1.0, 1_000_000),
+            model("best at 0.5x (trial 3)", 2.2, 200_000),
+            model("student", faster_student, 300_000),
+        ],
+        "efficiency": {
+            "budget_ms": 0.3,
+            "times_s": [0, 60],
+            "curves": {a: [[0, v]] for a, v in arms.items()},
+            "summary": {
+                a: {
+                    "final_median": v,
+                    "final_min": v,
+                    "final_max": v,
+                    "runs": [{"trials": 3, "feasible": 1}],
+                }
+                for a, v in arms.items()
+            },
+        },
+        "overhead": {
+            "trials": 2,
+            "trial_share": 0.05,
+            "run_share": 0.06,
+            "trial_seconds": 20,
+            "phases": {"fine_tune": 15.0, "export": 1.0},
+        },
+        "peaks": {"fp32_gmacs": 50, "int8_gmacs": 90, "bandwidth_gbs": 30, "how": "made up"},
+        "roofline": [],
+    }
+
+
+def test_two_runs_agree_when_rankings_match_and_spreads_overlap(tmp_path) -> None:
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_results(faster_student=1.5, hv_random=0.1)))
+    b.write_text(json.dumps(_results(faster_student=1.52, hv_random=0.2)))
+    c.write_text(json.dumps(_results(faster_student=2.5, hv_random=0.9)))
+    assert agreement(a, b)[0]
+    ok, lines = agreement(a, c)
+    assert not ok and any("DIFFERENT" in line for line in lines)
+
+
+def test_the_markdown_names_the_command_and_the_ratio() -> None:
+    text = render_markdown(_results(faster_student=1.5, hv_random=0.25), "plot.png")
+    assert "`python -m benchmarks run`" in text
+    assert "default against random without latency first: 2.00×" in text
+    assert "| best at 0.5x (trial 3) (fp32) | 0.9900 (+0.00) | 0.3000 | 2.20 (2.15–2.25)" in text
+
+
+def test_the_sampler_is_chosen_by_name() -> None:
+    assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
