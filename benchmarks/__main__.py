@@ -63,11 +63,25 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     def say(line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
-    results = run_benchmark(plan, work.resolve(), say)
+    results = {"commit": _commit(), **run_benchmark(plan, work.resolve(), say)}
     command = "python -m benchmarks " + shlex.join(argv)
     for path in write_results(results, results_stem(args.out, plan.quick), command):
         say(f"wrote {path}")
     return 0
+
+
+def _commit() -> str:
+    """The checkout the numbers came from (``+dirty`` with uncommitted changes)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty.stdout.strip() else "")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ the trained baseline is copied from the working folder's cache when it is there.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import statistics
 import time
@@ -34,6 +35,7 @@ from search.latency import hardware_fingerprint, measure_latency
 from search.levers import LeverSettings
 from search.profile import Target, baseline_target, trial_target
 from search.runner import run_search
+from search.runtimes import evaluate
 from search.study import baseline_trial, is_feasible
 from search.task import Task, load_task
 from techniques import TECHNIQUES
@@ -112,11 +114,14 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
             "trials": len(study.trials),
         }
         entry["feasible"] = sum(is_feasible(t) for t in study.trials)
+        entry["candidates"] = feasible_on_test(study, task, config, folder / study.study_name)
         if best is not None:
             target = trial_target(study, best.number, config.mlflow_uri, folder / study.study_name)
             target = replace(target, name=f"best at {share:g}x (trial {best.number})")
             chosen.append(target)
             entry.update(trial=best.number, params=best.params, name=target.name)
+        else:
+            entry["nearest"] = nearest_misses(study)
         compression[f"{share:g}x"] = entry
     durations["compression searches"] = time.perf_counter() - clock
 
@@ -195,6 +200,76 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return (round(math.log(faster * smaller), 9), trial.values[0])
 
     return max(feasible, key=gain)
+
+
+def feasible_on_test(
+    study: optuna.Study, task: Task, config: SearchConfig, folder: Path
+) -> list[dict[str, Any]]:
+    """Every feasible trial with its test-split accuracy beside the validation figure it
+    was chosen on (the search's own latency and size ratios): how far the choice holds."""
+    base = baseline_trial(study)
+    rows = []
+    for trial in study.trials:
+        if base is None or not is_feasible(trial) or trial.user_attrs.get("baseline"):
+            continue
+        target = trial_target(study, trial.number, config.mlflow_uri, folder)
+        test = evaluate(
+            target.artifact,
+            task.data("test"),
+            task.metric,
+            runtime=config.runtime,
+            device=config.device,
+            threads=os.cpu_count() or 1,
+        )
+        accuracy, p50_ms, size_mb = trial.values
+        rows.append(
+            {
+                "trial": trial.number,
+                "validation_accuracy": accuracy,
+                "validation_delta_points": 100 * (accuracy - base.values[0]),
+                "test_accuracy": test,
+                "faster": base.values[1] / p50_ms,
+                "smaller": base.values[2] / size_mb,
+            }
+        )
+    return rows
+
+
+def nearest_misses(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """With nothing feasible: the most accurate fine-tuned trial under the budget, and the
+    fastest within the accuracy floor (validation figures), to say by how much it missed."""
+    base = baseline_trial(study)
+    if base is None:
+        return {}
+    budget = float(study.user_attrs["latency_budget_ms"])
+    floor = base.values[0] - float(study.user_attrs.get("max_accuracy_drop", 0.01))
+    judged = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("accuracy_kind") == "deployed" and not t.user_attrs.get("baseline")
+    ]
+    under = [t for t in judged if t.values[1] <= budget]
+    accurate = [t for t in judged if t.values[0] >= floor]
+
+    def figures(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        accuracy, p50_ms, size_mb = trial.values
+        return {
+            "trial": trial.number,
+            "accuracy": accuracy,
+            "delta_points": 100 * (accuracy - base.values[0]),
+            "p50_ms": p50_ms,
+            "faster": base.values[1] / p50_ms,
+            "smaller": base.values[2] / size_mb,
+        }
+
+    found = {}
+    if under:
+        found["most accurate under the budget"] = figures(max(under, key=lambda t: t.values[0]))
+    if accurate:
+        found["fastest within the accuracy floor"] = figures(
+            min(accurate, key=lambda t: t.values[1])
+        )
+    return found
 
 
 def _task(work: Path) -> Task:

@@ -23,7 +23,7 @@ import traceback
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -188,7 +188,10 @@ class TrialObjective:
             for name, technique in model_techniques():
                 if plan[name] is not None:
                     architecture = technique.apply(architecture, plan[name], ctx)
-        draft = self._deploy(architecture, plan, ctx, "draft")
+        # A draft that will be fine-tuned is only timed, never shipped: its number-format
+        # conversion may calibrate on fewer samples (same graph, so the same latency).
+        draft_ctx = replace(ctx, draft=True) if fine_tunes(plan) else ctx
+        draft = self._deploy(architecture, plan, draft_ctx, "draft")
         # The baseline is every ratio's reference: always a full measurement, never screened.
         screen = self.settings.latency_first and not trial.user_attrs.get("baseline")
         latency = self._latency(trial, draft, screen=screen)
@@ -209,9 +212,11 @@ class TrialObjective:
         with self._clock.phase("export"):
             path = ctx.workdir / kind / "model"
             artifact = export(self.settings.runtime, model, example, path)
+        with self._clock.phase("convert"):
             for name, technique in artifact_techniques():
                 if plan[name] is not None:
                     artifact = technique.apply(artifact, plan[name], ctx)
+        with self._clock.phase("export"):
             return compact_names(artifact)
 
     def _latency(self, trial: optuna.Trial, artifact: Artifact, *, screen: bool) -> LatencyStats:

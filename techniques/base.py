@@ -48,6 +48,8 @@ class Context:
             namespaced name, e.g. ``{"width.per": "block"}``; see each ``options``.
         runtime: what runs the deployed model (``search.runtimes``): which number formats
             exist, and the artifact's file format, depend on it.
+        draft: the artifact being made is a draft that will be timed and then replaced by
+            the fine-tuned model's: work that only sets values (calibration) may be lighter.
     """
 
     task: Task
@@ -57,6 +59,7 @@ class Context:
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
     runtime: str = "onnxruntime"
+    draft: bool = False
 
 
 class ModelTechnique(Protocol):

@@ -17,14 +17,16 @@ from benchmarks.hypervolume import Box, box_of, curve, feasible_points, hypervol
 from benchmarks.overhead import overhead
 from benchmarks.report import render_markdown, results_stem
 from benchmarks.roofline import Peaks, floor_of, onnx_bytes
-from benchmarks.suite import best_feasible
+from benchmarks.suite import best_feasible, nearest_misses
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY, make_sampler
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
 
-def _trial(values, *, feasible=True, start=0.0, seconds=10.0, phases=None, baseline=False):
-    attrs = {"baseline": True} if baseline else {}
+def _trial(
+    values, *, feasible=True, start=0.0, seconds=10.0, phases=None, baseline=False, kind="deployed"
+):
+    attrs = {"accuracy_kind": kind, **({"baseline": True} if baseline else {})}
     if phases is not None:
         attrs["phase_seconds"] = phases
     trial = optuna.trial.create_trial(
@@ -76,6 +78,19 @@ def test_best_feasible_is_the_largest_speed_and_size_gain() -> None:
     tiny_but_slow = _trial((0.99, 0.5, 0.01), feasible=False)
     assert best_feasible(_study([base, fast, small, tiny_but_slow])).values == small.values
     assert best_feasible(_study([base, tiny_but_slow])) is None
+
+
+def test_with_nothing_feasible_the_nearest_misses_say_by_how_much() -> None:
+    base = _trial((0.99, 0.6, 1.0), feasible=False, baseline=True)
+    fast_but_poor = _trial((0.95, 0.12, 0.1), feasible=False)
+    accurate_but_slow = _trial((0.985, 0.4, 0.3), feasible=False)
+    screened = _trial((0.10, 0.05, 0.1), feasible=False, kind="before fine-tuning")
+    misses = nearest_misses(_study([base, fast_but_poor, accurate_but_slow, screened], 0.15))
+    under = misses["most accurate under the budget"]
+    assert under["trial"] == 1 and under["delta_points"] == pytest.approx(-4)
+    assert under["faster"] == pytest.approx(5)
+    within = misses["fastest within the accuracy floor"]
+    assert within["trial"] == 2 and within["p50_ms"] == 0.4
 
 
 def test_overhead_is_what_the_work_phases_leave() -> None:

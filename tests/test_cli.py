@@ -44,6 +44,7 @@ RUN = ["run", "--latency-budget", "5ms"]
         ([*RUN, "--task", f"{BAD}:wrong_output"], "does not fit the task's labels"),
         ([*RUN, "--device", "tpu"], "--device"),
         ([*RUN, "--runtime", "tflite"], "--runtime"),
+        ([*RUN, "--sampler", "grid"], "--sampler 'grid' is unknown"),
         ([*RUN, "--workers", "0"], "--workers"),
         ([*RUN, "--study", " "], "--study must not be empty"),
         ([*RUN, "--storage", "foo://x"], "unknown scheme 'foo'"),
@@ -144,7 +145,7 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
         "error: --config bad.toml: [run] latency_budget is not an option; known: "
         "latency-budget, device, runtime, task, trials, timeout, study, storage, tracking-uri, "
         "seed, threads, workers, max-failures, heartbeat, batch-size, finetune-epochs, "
-        "max-accuracy-drop, latency-first, allow-mixed-hardware"
+        "max-accuracy-drop, latency-first, sampler, references, allow-mixed-hardware"
     ]
 
 
