@@ -82,8 +82,8 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
             ]
             for c in candidates:
                 lines.append(
-                    f"  | {c['trial']} | {c['validation_accuracy']:.4f} "
-                    f"({c['validation_delta_points']:+.2f}) | {c['test_accuracy']:.4f} "
+                    f"  | {c['trial']} | {c['accuracy']:.4f} "
+                    f"({c['delta_points']:+.2f}) | {c['test_accuracy']:.4f} "
                     f"({100 * (c['test_accuracy'] - base_test):+.2f}) | {c['faster']:.2f} | "
                     f"{c['smaller']:.2f} |"
                 )

@@ -221,17 +221,7 @@ def feasible_on_test(
             device=config.device,
             threads=os.cpu_count() or 1,
         )
-        accuracy, p50_ms, size_mb = trial.values
-        rows.append(
-            {
-                "trial": trial.number,
-                "validation_accuracy": accuracy,
-                "validation_delta_points": 100 * (accuracy - base.values[0]),
-                "test_accuracy": test,
-                "faster": base.values[1] / p50_ms,
-                "smaller": base.values[2] / size_mb,
-            }
-        )
+        rows.append({**_figures(trial, base), "test_accuracy": test})
     return rows
 
 
@@ -251,25 +241,27 @@ def nearest_misses(study: optuna.Study) -> dict[str, dict[str, Any]]:
     under = [t for t in judged if t.values[1] <= budget]
     accurate = [t for t in judged if t.values[0] >= floor]
 
-    def figures(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        accuracy, p50_ms, size_mb = trial.values
-        return {
-            "trial": trial.number,
-            "accuracy": accuracy,
-            "delta_points": 100 * (accuracy - base.values[0]),
-            "p50_ms": p50_ms,
-            "faster": base.values[1] / p50_ms,
-            "smaller": base.values[2] / size_mb,
-        }
-
     found = {}
     if under:
-        found["most accurate under the budget"] = figures(max(under, key=lambda t: t.values[0]))
+        best = max(under, key=lambda t: t.values[0])
+        found["most accurate under the budget"] = _figures(best, base)
     if accurate:
-        found["fastest within the accuracy floor"] = figures(
-            min(accurate, key=lambda t: t.values[1])
-        )
+        fastest = min(accurate, key=lambda t: t.values[1])
+        found["fastest within the accuracy floor"] = _figures(fastest, base)
     return found
+
+
+def _figures(trial: optuna.trial.FrozenTrial, base: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's validation accuracy and the search's own ratios against its baseline."""
+    accuracy, p50_ms, size_mb = trial.values
+    return {
+        "trial": trial.number,
+        "accuracy": accuracy,
+        "delta_points": 100 * (accuracy - base.values[0]),
+        "p50_ms": p50_ms,
+        "faster": base.values[1] / p50_ms,
+        "smaller": base.values[2] / size_mb,
+    }
 
 
 def _task(work: Path) -> Task:
