@@ -45,9 +45,10 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         "",
         "## Compression against the fp32 baseline",
         "",
-        "Measured side by side in one process: test-split accuracy of the deployed file in its "
-        f"runtime, p50 over {plan['rounds']} interleaved rounds, ×faster taken within each "
-        "round (median, and min–max over rounds).",
+        "Measured side by side: test-split accuracy of the deployed file in its runtime; p50 "
+        f"over {plan['rounds']} rounds, each in a fresh process timing every model once "
+        f"({_round_times(results)}); ×faster taken within each round (median, and min–max "
+        "over rounds, which so covers process-to-process variation and the run's drift).",
         "",
         "| model | test accuracy (Δ points) | p50 ms | ×faster (min–max) | size KB | ×smaller | ×fewer MACs |",
         "|---|---|---|---|---|---|---|",
@@ -193,3 +194,11 @@ def plot_hypervolume(efficiency: dict[str, Any], path: Path) -> None:
 
 def _params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _round_times(results: dict[str, Any]) -> str:
+    """When the rounds ran, in minutes into the run: the spread covers that span."""
+    times = [r["at_s"] / 60 for r in results.get("rounds", [])]
+    if not times:
+        return "interleaved"
+    return "at " + ", ".join(f"{t:.0f}" for t in times) + " min into the run"

@@ -2,8 +2,9 @@
 
 baseline p50 -> compression searches at each budget (a share of that p50) -> best feasible
 model per budget -> single-lever references (int8 static, pruning 50%, a distilled
-width-0.5 student) -> side-by-side ratios on the test split -> roofline estimate -> search
-efficiency (three arms x seeds at a fixed wall time) -> overhead of every trial run.
+width-0.5 student) -> test accuracy of each; half the side-by-side latency rounds -> search
+efficiency (three arms x seeds at a fixed wall time) -> the other half of the rounds, so
+their spread covers the run's drift -> ratios, roofline estimate -> overhead of every trial.
 
 Everything runs in a work folder of its own (``studies/`` and ``mlruns/`` inside it, so
 ``mlflow ui --backend-store-uri sqlite:///<work>/mlruns/mlflow.db`` shows every trial);
@@ -28,7 +29,7 @@ import optuna
 from benchmarks.hypervolume import box_of, curve, feasible_points
 from benchmarks.overhead import overhead
 from benchmarks.roofline import floor_of, measure_peaks, onnx_bytes
-from benchmarks.side_by_side import compare
+from benchmarks.side_by_side import compare, test_accuracies, time_rounds
 from benchmarks.student import distilled_student
 from search.config import SearchConfig
 from search.latency import hardware_fingerprint, measure_latency
@@ -62,8 +63,8 @@ class Plan:
     budgets: tuple[float, ...] = (0.5, 0.25)  # shares of the baseline's p50
     search_trials: int = 40  # per compression search
     seeds: tuple[int, ...] = (0, 1, 2)  # efficiency runs per arm
-    arm_seconds: float = 300.0  # wall time per efficiency run
-    rounds: int = 5  # side-by-side latency rounds
+    arm_seconds: float = 200.0  # wall time per efficiency run
+    rounds: int = 6  # side-by-side latency rounds, half before the efficiency part
     quick: bool = False
     arms: tuple[str, ...] = field(default_factory=lambda: tuple(ARMS))
 
@@ -133,20 +134,27 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
     durations["references"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    say(f"side by side: {plan.rounds} rounds")
-    compared = compare(
-        baseline,
-        [*chosen, *references[1], student],
-        task,
-        runtime=plan.runtime,
-        device=plan.device,
-        threads=plan.threads,
-        rounds=plan.rounds,
-    )
+    everyone = [baseline, *chosen, *references[1], student]
+    accuracies = test_accuracies(everyone, task, runtime=plan.runtime, device=plan.device)
+    inputs = task.example_inputs(1).numpy()
+    timing = {"runtime": plan.runtime, "device": plan.device, "threads": plan.threads}
+    early = (plan.rounds + 1) // 2
+    say(f"side by side: {early} of {plan.rounds} rounds, each in a fresh process")
+    rounds = time_rounds(everyone, inputs, count=early, first=0, started=started, **timing)
+    peaks = measure_peaks(plan.device, plan.threads)
     durations["side by side"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    peaks = measure_peaks(plan.device, plan.threads)
+    efficiency = _efficiency(plan, base_config, base_ms * plan.budgets[0], task, say)
+    studies += [s for runs in efficiency.pop("studies").values() for s in runs]
+    durations["efficiency"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    say(f"side by side: the other {plan.rounds - early} rounds")
+    rounds += time_rounds(
+        everyone, inputs, count=plan.rounds - early, first=early, started=started, **timing
+    )
+    compared = compare(everyone, accuracies, rounds)
     roofline = [
         floor_of(
             macs=int(row.macs),
@@ -159,12 +167,7 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
         for row, target in zip(compared, [baseline, *chosen], strict=False)
         if row.macs
     ]
-    durations["roofline"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    efficiency = _efficiency(plan, base_config, base_ms * plan.budgets[0], task, say)
-    studies += [s for runs in efficiency.pop("studies").values() for s in runs]
-    durations["efficiency"] = time.perf_counter() - clock
+    durations["side by side"] += time.perf_counter() - clock
 
     durations["total"] = time.perf_counter() - started
     return {
@@ -174,6 +177,7 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
         "baseline_p50_ms": base_ms,
         "compression": compression,
         "models": [row.as_dict() for row in compared],
+        "rounds": [asdict(r) for r in rounds],
         "peaks": peaks.as_dict(),
         "roofline": roofline,
         "efficiency": efficiency,

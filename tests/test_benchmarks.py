@@ -230,3 +230,46 @@ def test_the_markdown_names_the_command_and_the_ratio() -> None:
 def test_the_sampler_is_chosen_by_name() -> None:
     assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
     assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
+
+
+def _matmul_file(path, width: int):
+    """A one-MatMul ONNX file with the search's input and output names."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from search.runtime import INPUT_NAME, OUTPUT_NAME, Artifact
+
+    weight = numpy_helper.from_array(np.ones((64, width), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [INPUT_NAME, "W"], [OUTPUT_NAME])],
+        "g",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", width])],
+        [weight],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return Artifact(path=path, scheme="fp32")
+
+
+def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
+    import time
+
+    from benchmarks.side_by_side import compare, time_rounds
+    from search.profile import Target
+
+    models = [
+        Target("big", _matmul_file(tmp_path / "big.onnx", 512), macs=64 * 512),
+        Target("small", _matmul_file(tmp_path / "small.onnx", 8), macs=64 * 8),
+    ]
+    started = time.perf_counter()
+    timing = {"runtime": "onnxruntime", "device": "cpu", "threads": 1, "started": started}
+    inputs = np.ones((1, 64), dtype=np.float32)
+    rounds = time_rounds(models, inputs, count=1, first=0, **timing)
+    rounds += time_rounds(models, inputs, count=1, first=1, **timing)
+    assert len(rounds) == 2 and rounds[0].at_s < rounds[1].at_s
+    assert all(len(r.p50_ms) == 2 and min(r.p50_ms) > 0 for r in rounds)
+    rows = compare(models, [0.9, 0.8], rounds)
+    assert rows[0].faster == (1.0, 1.0, 1.0)
+    ratios = sorted(r.p50_ms[0] / r.p50_ms[1] for r in rounds)
+    assert rows[1].faster[1:] == pytest.approx(tuple(ratios))
+    assert rows[1].fewer_macs == 64 and rows[1].accuracy_delta_points == pytest.approx(-10)
+    assert rows[1].smaller > 1
