@@ -15,6 +15,17 @@ import typer
 from rich.console import Console
 from typer._click import exceptions as click_errors  # typer 0.29 vendors click
 
+from search import cli_oneshot
+from search.cli_options import (
+    ConfigOption,
+    DeviceOption,
+    FixOption,
+    OffOption,
+    RuntimeOption,
+    StorageOption,
+    TaskOption,
+    TrackingOption,
+)
 from search.errors import SearchError
 
 app = typer.Typer(
@@ -38,52 +49,6 @@ def _root(
 ) -> None:
     """compression-search: an Optuna search over compression levers, tracked in MLflow."""
     _DEBUG["on"] = debug
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="A TOML file of run options and lever off/fix settings (command line wins).",
-        dir_okay=False,
-    ),
-]
-OffOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--off",
-        metavar="LEVER",
-        help="Keep a lever at its off setting, e.g. --off lora (repeatable).",
-    ),
-]
-FixOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--fix",
-        metavar="NAME=VALUE",
-        help="Fix a parameter or lever option, e.g. --fix prune.ratio=0.5 (repeatable).",
-    ),
-]
-TaskOption = Annotated[
-    str | None,
-    typer.Option(help="digits (the default), pkg.module:factory or path/to/file.py:factory."),
-]
-StorageOption = Annotated[
-    str | None, typer.Option(help="Optuna storage URL (default SQLite in studies/optuna.db).")
-]
-TrackingOption = Annotated[
-    str | None, typer.Option(help="MLflow tracking URI (default SQLite in mlruns/mlflow.db).")
-]
-DeviceOption = Annotated[
-    str | None, typer.Option(help="Where latency is measured: cpu (the default) or cuda.")
-]
-RuntimeOption = Annotated[
-    str | None,
-    typer.Option(
-        help="What runs the deployed model: onnxruntime (the default), torch (eager) or "
-        "torch-compile; each offers the number formats it can run."
-    ),
-]
 
 
 @app.command()
@@ -174,6 +139,17 @@ def run(
             help="Resume a study whose latencies were measured on other hardware.",
         ),
     ] = None,
+    use_sensitivity: Annotated[
+        str | None,
+        typer.Option(
+            help="A sensitivity.json from `search sensitivity`: prune each layer at most as "
+            "far as it took alone within --sensitivity-tolerance points.",
+        ),
+    ] = None,
+    sensitivity_tolerance: Annotated[
+        float | None,
+        typer.Option(help="Points a layer may cost alone, unpruned by fine-tuning (default 5)."),
+    ] = None,
     config: ConfigOption = None,
     off: OffOption = None,
     fix: FixOption = None,
@@ -201,6 +177,8 @@ def run(
         "sampler": sampler,
         "references": references,
         "allow-mixed-hardware": allow_mixed_hardware,
+        "use-sensitivity": use_sensitivity,
+        "sensitivity-tolerance": sensitivity_tolerance,
     }
     from search.config_file import search_config_from
 
@@ -495,6 +473,62 @@ def ui_command(
         except KeyboardInterrupt:
             server.terminate()
             server.wait()
+
+
+@app.command(name="sensitivity")
+def sensitivity_command(
+    task: TaskOption = None,
+    device: DeviceOption = None,
+    runtime: RuntimeOption = None,
+    ratios: Annotated[
+        str, typer.Option(help="Comma-separated pruning ratios to try per layer.")
+    ] = "0.25,0.5,0.75",
+    int8: Annotated[
+        bool, typer.Option("--int8/--no-int8", help="Also quantize each layer alone to int8.")
+    ] = True,
+    output: Annotated[
+        Path, typer.Option(help="Folder for sensitivity.csv/.md/.json/.png.")
+    ] = Path("sensitivity"),
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Prune (and quantize) each layer alone: the accuracy it costs, as table and heat-map."""
+    from search.config import SearchConfig
+    from search.errors import ConfigError
+    from search.sensitivity import run_sensitivity
+
+    try:
+        parsed = tuple(float(part) for part in ratios.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--ratios {ratios!r}: write numbers, e.g. 0.25,0.5,0.75") from None
+    if not parsed:
+        raise ConfigError("--ratios is empty: write numbers, e.g. 0.25,0.5,0.75")
+    config = SearchConfig(
+        task=task or "digits",
+        device=device or "cpu",
+        runtime=runtime or "onnxruntime",
+        tracking_uri=tracking_uri,
+        home=Path.cwd(),
+    )
+    result = run_sensitivity(config, ratios=parsed, int8=int8, output=output)
+    console = Console()
+    middle = parsed[len(parsed) // 2]
+    ranked = result.sensitivity.ranked(middle)
+    console.print(
+        f"most sensitive at prune {middle:g}: "
+        + ", ".join(f"{row.layer} ({row.prune_drop[middle]:.1f} points)" for row in ranked[:5])
+    )
+    console.print(
+        "least sensitive: "
+        + ", ".join(f"{row.layer} ({row.prune_drop[middle]:.1f})" for row in ranked[-5:])
+    )
+    console.print(f"wrote {', '.join(str(p) for p in result.files)}")
+    console.print(f"MLflow run {result.run_id} (experiment sensitivity) in {result.tracking_uri}")
+
+
+# One technique, once, through the search's own pipeline (search.cli_oneshot).
+for _one_shot in (cli_oneshot.prune, cli_oneshot.quantize, cli_oneshot.lowrank,
+                  cli_oneshot.distill, cli_oneshot.share):  # fmt: skip
+    app.command(name=_one_shot.__name__)(_one_shot)
 
 
 def _levers(config: Path | None, off: list[str] | None, fix: list[str] | None) -> tuple:

@@ -97,6 +97,10 @@ class SearchConfig:
             then mix two machines' figures; refused by default).
         max_accuracy_drop: how far below the baseline's metric a candidate may fall and
             still count as feasible, in the metric's units (0.01 = one point of accuracy).
+        sensitivity: a ``sensitivity.json`` from ``search sensitivity``: each layer is
+            pruned at most to the largest ratio it took alone within
+            ``sensitivity_tolerance`` points (``search.sensitivity.layer_caps``).
+        sensitivity_tolerance: accuracy points a layer may cost alone, before fine-tuning.
         levers: levers switched off, parameters fixed, shape options (``search.levers``).
         home: folder that holds ``studies/`` and ``mlruns/`` by default.
     """
@@ -129,6 +133,10 @@ class SearchConfig:
     sampler: str = "tpe"
     references: bool = True
     allow_mixed_hardware: bool = False
+    sensitivity: str | None = None
+    # Five points: alone and not fine-tuned, layers that recover split from those that do
+    # not at a few points on digits (most cost under 2 at half their channels, a few 10+).
+    sensitivity_tolerance: float = 5.0
     levers: LeverSettings = field(default_factory=LeverSettings)
     home: Path = field(default_factory=Path.cwd)
 
@@ -170,6 +178,16 @@ class SearchConfig:
             )
         if self.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs {self.finetune_epochs} must be 0 or more")
+        if self.sensitivity is not None and not Path(self.sensitivity).is_file():
+            raise ConfigError(
+                f"--use-sensitivity {self.sensitivity}: no such file; `search sensitivity` "
+                "writes sensitivity/sensitivity.json"
+            )
+        if not 0 <= self.sensitivity_tolerance < float("inf"):
+            raise ConfigError(
+                f"--sensitivity-tolerance {self.sensitivity_tolerance:g} must be a number of "
+                "points >= 0, e.g. 5"
+            )
         if self.study_name is not None and not self.study_name.strip():
             raise ConfigError("--study must not be empty")
 

@@ -49,6 +49,8 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
     "sampler": (str,),
     "references": (bool,),
     "allow-mixed-hardware": (bool,),
+    "use-sensitivity": (str,),
+    "sensitivity-tolerance": (int, float),
 }
 
 # long option name -> SearchConfig field
@@ -74,6 +76,8 @@ _FIELDS = {
     "sampler": "sampler",
     "references": "references",
     "allow-mixed-hardware": "allow_mixed_hardware",
+    "use-sensitivity": "sensitivity",
+    "sensitivity-tolerance": "sensitivity_tolerance",
 }
 
 

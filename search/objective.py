@@ -69,6 +69,7 @@ class TrialSettings:
     runtime: str = ONNXRUNTIME  # what runs the deployed file (search.runtimes)
     # threads for evaluation (accuracy only; latency uses ``threads``): this process's share
     eval_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    layer_caps: Mapping[str, float] = field(default_factory=dict)  # --use-sensitivity
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class RunLink:
 
     tracker: Tracker
     experiment_id: str
-    parent_run_id: str
+    parent_run_id: str | None  # None: each trial's run stands alone (a one-shot command)
     study_name: str
 
 
@@ -115,6 +116,7 @@ class TrialObjective:
         # model-stage key -> (trial number that fine-tuned it, model); see _fine_tuned
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
         self._clock = PhaseClock()  # this trial's phases; a new one per trial
+        self.last_model: nn.Module | None = None  # the model the last trial deployed
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         workdir = self.workdir / f"trial-{trial.number:04d}"
@@ -127,6 +129,7 @@ class TrialObjective:
             seed=self.settings.seed,
             options=self.settings.options,
             runtime=self.settings.runtime,
+            layer_caps=self.settings.layer_caps,
         )
         self._clock = PhaseClock()
         plan = sample_plan(trial, ctx)
@@ -263,6 +266,7 @@ class TrialObjective:
         kind: str = "deployed",
     ) -> tuple[float, float, float]:
         """Accuracy of ``artifact``, the constraints, user attrs and the MLflow run."""
+        self.last_model = model
         with self._clock.phase("evaluate"):
             accuracy = self._accuracy(artifact)
         with self._clock.phase("count_macs"):

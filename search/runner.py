@@ -21,7 +21,7 @@ import optuna
 from torch import nn
 
 from search.config import SearchConfig, format_ms
-from search.errors import TaskError
+from search.errors import ConfigError, TaskError
 from search.latency import hardware_fingerprint, measure_latency
 from search.levers import (
     SpaceRow,
@@ -150,19 +150,11 @@ def run_search(
     status = "FAILED"
     try:
         tracker.log(parent_run_id, metrics={"baseline_accuracy": baseline_accuracy})
-        settings = TrialSettings(
-            latency_budget_ms=config.latency_budget_ms,
+        settings = trial_settings(
+            config,
+            prepared,
+            budget_ms=config.latency_budget_ms,
             accuracy_floor=baseline_accuracy - config.max_accuracy_drop,
-            latency_first=config.latency_first,
-            lock_dir=config.studies_dir / "locks",
-            device=config.device,
-            threads=config.threads,
-            batch_size=config.batch_size,
-            finetune_epochs=config.finetune_epochs,
-            seed=config.seed,
-            space_names=tuple(prepared.space),
-            options=ctx.options,
-            runtime=config.runtime,
         )
         if config.workers == 1:
             link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
@@ -224,10 +216,55 @@ def prepare_space(config: SearchConfig, task: Task) -> PreparedSpace:
         seed=config.seed,
         options=config.levers.options(),
         runtime=config.runtime,
+        layer_caps=sensitivity_caps(config, base_model),
     )
     notes = not_applicable(ctx)
     space = explore_space(ctx)
     return PreparedSpace(ctx, notes, space, resolve(config.levers, ctx, space))
+
+
+def trial_settings(
+    config: SearchConfig,
+    prepared: PreparedSpace,
+    *,
+    budget_ms: float,
+    accuracy_floor: float,
+    latency_first: bool | None = None,
+) -> TrialSettings:
+    """What every trial of this invocation needs to know, from the config and the space."""
+    return TrialSettings(
+        latency_budget_ms=budget_ms,
+        accuracy_floor=accuracy_floor,
+        latency_first=config.latency_first if latency_first is None else latency_first,
+        lock_dir=config.studies_dir / "locks",
+        device=config.device,
+        threads=config.threads,
+        batch_size=config.batch_size,
+        finetune_epochs=config.finetune_epochs,
+        seed=config.seed,
+        space_names=tuple(prepared.space),
+        options=prepared.ctx.options,
+        runtime=config.runtime,
+        layer_caps=prepared.ctx.layer_caps,
+    )
+
+
+def sensitivity_caps(config: SearchConfig, model: nn.Module) -> dict[str, float]:
+    """Per-layer pruning caps from ``--use-sensitivity`` (none without it), checked
+    against the model: a file made for another model names layers this one lacks."""
+    if config.sensitivity is None:
+        return {}
+    from search.sensitivity import layer_caps, load_sensitivity
+
+    caps = layer_caps(load_sensitivity(Path(config.sensitivity)), config.sensitivity_tolerance)
+    names = {name for name, _ in model.named_modules()}
+    strangers = sorted(set(caps) - names)
+    if strangers:
+        raise ConfigError(
+            f"--use-sensitivity {config.sensitivity}: it names layers this model lacks "
+            f"({', '.join(strangers[:3])}); run `search sensitivity` on this --task"
+        )
+    return caps
 
 
 def search_space(config: SearchConfig, task: Task) -> tuple[list[SpaceRow], dict[str, str]]:

@@ -19,15 +19,19 @@ from techniques.lora import LoRA
 from techniques.lowrank import LowRank
 from techniques.pruning import StructuredPruning
 from techniques.quantization import Quantization
+from techniques.sparsity import UnstructuredPruning
+from techniques.weight_sharing import WeightSharing
 from techniques.width import ExpandRatio
 
 TECHNIQUES: dict[str, Technique] = {
     "width": ExpandRatio(),  # model stage: narrow inverted residual blocks first,
     "prune": StructuredPruning(),  # then prune what remains,
-    "lowrank": LowRank(),  # then factorise the remaining 1x1 and Linear layers
+    "lowrank": LowRank(),  # then factorise the remaining 1x1 and Linear layers,
+    "sparse": UnstructuredPruning(),  # zero single weights (only when asked for)
     "distill": KnowledgeDistillation(),  # training stage
     "lora": LoRA(),
     "quant": Quantization(),  # artifact stage
+    "share": WeightSharing(),  # (only when asked for, and not with int8)
 }
 
 __all__ = [

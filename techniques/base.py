@@ -50,6 +50,8 @@ class Context:
             exist, and the artifact's file format, depend on it.
         draft: the artifact being made is a draft that will be timed and then replaced by
             the fine-tuned model's: work that only sets values (calibration) may be lighter.
+        layer_caps: the largest pruning ratio each named layer may take (from sensitivity
+            analysis, ``--use-sensitivity``); layers not named take the sampled ratio.
     """
 
     task: Task
@@ -60,6 +62,7 @@ class Context:
     options: Mapping[str, Any] = field(default_factory=dict)
     runtime: str = "onnxruntime"
     draft: bool = False
+    layer_caps: Mapping[str, float] = field(default_factory=dict)
 
 
 class ModelTechnique(Protocol):

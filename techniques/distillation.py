@@ -6,6 +6,11 @@ on the task loss (the lever off). With distillation on, ``distill.feature_weight
 feature distillation at the end of each stage (the last block, or convolution, before the
 resolution drops), where student and teacher still see the same spatial grid; 0 is
 logits only. The losses live in ``search.training`` (``Distillation``, ``FeatureMatch``).
+
+The option ``distill.teacher`` picks who teaches: ``input`` (the default, the uncompressed
+model) or ``ema``, self-distillation from an exponential moving average of the student's
+own weights during the fine-tune (a "mean teacher"): no second, larger model is run, and
+the average is a smoother target than the student of the moment.
 """
 
 from __future__ import annotations
@@ -58,10 +63,14 @@ REFERENCE: Mapping[str, Any] = {
 FEATURE_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 
 
+TEACHERS = ("input", "ema")
+EMA_DECAY = 0.99  # per step: about the last hundred steps (three epochs of digits) count
+
+
 class KnowledgeDistillation:
     name: ClassVar[str] = "distill"
     stage: ClassVar[Literal["training"]] = "training"
-    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+    options: ClassVar[Mapping[str, tuple[Any, ...]]] = {"distill.teacher": TEACHERS}
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
         return {"distill.alpha": 0.0}
@@ -83,14 +92,15 @@ class KnowledgeDistillation:
         return DistillParams(temperature, round(alpha, 6), feature_weight)
 
     def configure(self, recipe: Recipe, params: DistillParams, ctx: Context) -> Recipe:
-        teacher = ctx.base_model.eval()
+        ema = ctx.options.get("distill.teacher", TEACHERS[0]) == "ema"
         layers = stage_ends(ctx.base_model, ctx.task.example_inputs(1))
         distillation = Distillation(
-            teacher,
+            None if ema else ctx.base_model.eval(),
             params.temperature,
             params.alpha,
             feature_weight=params.feature_weight,
             feature_layers=layers if params.feature_weight else (),
+            ema_decay=EMA_DECAY if ema else None,
         )
         return replace(recipe, distillation=distillation)
 

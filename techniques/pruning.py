@@ -101,6 +101,8 @@ class StructuredPruning:
         )
 
     def apply(self, model: nn.Module, params: PruneParams, ctx: Context) -> nn.Module:
+        # sensitive layers (--use-sensitivity) stop at their cap
+        capped = {name: cap for name, cap in ctx.layer_caps.items() if cap < params.ratio}
         return prune_channels(
             model,
             ctx.task.example_inputs(1),
@@ -108,6 +110,7 @@ class StructuredPruning:
             importance=params.importance,
             scope=params.scope,
             task=ctx.task,
+            layer_ratios=capped or None,
         )
 
 
@@ -119,17 +122,25 @@ def prune_channels(
     importance: str = "magnitude",
     scope: str = "layer",
     task: Task | None = None,
+    layer_ratios: Mapping[str, float] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with ``ratio`` of its channels removed.
 
     The output layer is never pruned: its width is the number of classes. ``taylor`` needs
-    ``task`` for a few training batches to take gradients on.
+    ``task`` for a few training batches to take gradients on. ``layer_ratios`` overrides
+    ``ratio`` for the dependency groups of the named layers (``prunable_layers``): with
+    ``ratio=0`` it prunes those layers alone, as sensitivity analysis does.
     """
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model).eval()
-    # ignored_layers must name modules of the copy, not of the original.
+    # ignored_layers and the per-layer ratios must name modules of the copy.
     ignored = [output_layer(pruned)]
+    modules = dict(pruned.named_modules())
+    unknown = sorted(set(layer_ratios or {}) - set(modules))
+    if unknown:
+        raise TechniqueError(f"no layer named {unknown[0]!r} in the model to prune")
+    per_layer = {modules[name]: r for name, r in (layer_ratios or {}).items()}
     criteria = {
         "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
         "taylor": lambda: tp.importance.TaylorImportance(),
@@ -140,6 +151,7 @@ def prune_channels(
         example_inputs,
         importance=criteria[importance](),
         pruning_ratio=ratio,
+        pruning_ratio_dict=per_layer or None,
         global_pruning=scope == "global",
         max_pruning_ratio=MAX_LAYER_RATIO,
         ignored_layers=ignored,
@@ -167,3 +179,22 @@ def output_layer(model: nn.Module) -> nn.Module:
     if not layers:
         raise TechniqueError("the model has no Linear or Conv2d layer to prune around")
     return layers[-1]
+
+
+def prunable_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """The layers whose output channels can be pruned, one per dependency group.
+
+    Each name is the group's root, the first layer of the group in the model's order: what
+    ``prune_channels(layer_ratios=...)`` takes. Layers coupled to it (the batch norm, a
+    depthwise convolution, the other side of a residual sum) are pruned with it and not
+    listed again. The output layer is left out.
+    """
+    import torch_pruning as tp
+
+    probe = copy.deepcopy(model).eval()  # tracing the graph must not touch the model
+    graph = tp.DependencyGraph().build_dependency(probe, example_inputs)
+    names = {module: name for name, module in probe.named_modules()}
+    groups = graph.get_all_groups(
+        ignored_layers=[output_layer(probe)], root_module_types=[nn.Conv2d, nn.Linear]
+    )
+    return [names[group[0].dep.target.module] for group in groups]

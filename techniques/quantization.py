@@ -164,8 +164,13 @@ def quantize(
     *,
     calibration: DataLoader,
     samples: int = CALIBRATION_SAMPLES,
+    nodes: list[str] | None = None,
 ) -> Artifact:
-    """Write ``<stem>.<label>.<suffix>`` beside ``artifact``, in the format ``params`` say."""
+    """Write ``<stem>.<label>.<suffix>`` beside ``artifact``, in the format ``params`` say.
+
+    ``nodes``: quantize only these ONNX nodes (int8 schemes; sensitivity analysis
+    quantizes one layer at a time), the rest stays float.
+    """
     if params.scheme == "fp32":
         return artifact
     if artifact.format == "torch":
@@ -180,11 +185,15 @@ def quantize(
     if params.scheme == "bf16":
         raise TechniqueError("quant.scheme=bf16 is offered for the PyTorch runtimes only")
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-        return _quantize(artifact, params, calibration, samples)
+        return _quantize(artifact, params, calibration, samples, nodes)
 
 
 def _quantize(
-    artifact: Artifact, params: QuantParams, calibration: DataLoader, samples: int
+    artifact: Artifact,
+    params: QuantParams,
+    calibration: DataLoader,
+    samples: int,
+    nodes: list[str] | None = None,
 ) -> Artifact:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -202,7 +211,9 @@ def _quantize(
     if params.scheme == "fp16":
         _to_fp16(prepared, output)
     elif params.scheme == "int8-dynamic":
-        quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(prepared), str(output), weight_type=QuantType.QInt8, nodes_to_quantize=nodes
+        )
     else:
         methods = {
             "minmax": CalibrationMethod.MinMax,
@@ -220,6 +231,7 @@ def _quantize(
             weight_type=QuantType.QInt8,
             calibrate_method=methods[params.calibration],
             reduce_range=params.reduce_range,
+            nodes_to_quantize=nodes,
         )
     prepared.unlink(missing_ok=True)
     return Artifact(path=output, scheme=params.scheme)

@@ -56,6 +56,7 @@ RUN = ["run", "--latency-budget", "5ms"]
         ([*RUN, "--task", f"{BAD}:tiny", "--fix", "prune.ratio=0.95"], "prune.ratio=0.95"),
         ([*RUN, "--fix", "width.per=row"], "use one of stage, block"),
         ([*RUN, "--config", "absent.toml"], "no such file"),
+        ([*RUN, "--use-sensitivity", "absent.json"], "--use-sensitivity absent.json: no such"),
         (["status", "--study", "nope"], "no such study"),
         (["pareto", "--study", "nope"], "no such study"),
         (["promote", "--study", "nope"], "no such study"),
@@ -65,6 +66,11 @@ RUN = ["run", "--latency-budget", "5ms"]
         (["profile", "missing.onnx"], "no such model file"),
         (["ui", "--port", "70000"], "--port"),
         (["space", "--runtime", "bogus"], "--runtime"),
+        (["sensitivity", "--ratios", "x"], "--ratios 'x': write numbers"),
+        (["sensitivity", "--ratios", "1.5"], "between 0 and 1"),
+        (["lowrank", "--task", f"{BAD}:tiny"], "off; give e.g. --rank-ratio 0.25"),
+        (["distill", "--task", f"{BAD}:tiny"], "needs a student"),
+        (["quantize", "--task", f"{BAD}:tiny", "--scheme", "int4"], "--scheme int4: use one"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -145,7 +151,8 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
         "error: --config bad.toml: [run] latency_budget is not an option; known: "
         "latency-budget, device, runtime, task, trials, timeout, study, storage, tracking-uri, "
         "seed, threads, workers, max-failures, heartbeat, batch-size, finetune-epochs, "
-        "max-accuracy-drop, latency-first, sampler, references, allow-mixed-hardware"
+        "max-accuracy-drop, latency-first, sampler, references, allow-mixed-hardware, "
+        "use-sensitivity, sensitivity-tolerance"
     ]
 
 

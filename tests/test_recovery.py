@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from search.recovery import ConsecutiveFailures, failure_streak
@@ -80,6 +81,7 @@ def test_a_killed_worker_s_trial_is_failed_closed_and_retried(tmp_path, tiny_tas
     assert "stopped beating" in run.data.tags["failure_reason"]
 
 
+@pytest.mark.slow  # 30 s+: scripts/test.sh --slow runs it
 def test_ctrl_c_fails_the_trial_closes_its_runs_and_says_how_to_resume(
     tmp_path, tiny_task
 ) -> None:

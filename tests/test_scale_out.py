@@ -14,6 +14,7 @@ from search.tracking import TRIAL_TAG
 TINY = f"{Path(__file__).parent / 'fixtures' / 'tiny_task.py'}:make_task"
 
 
+@pytest.mark.slow  # 90 s: scripts/test.sh --slow runs it
 def test_two_workers_share_a_postgres_study_and_an_mlflow_server(tmp_path, tiny_task) -> None:
     if postgres_binaries() is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs it with apt where root)")

@@ -10,7 +10,11 @@ from techniques import TECHNIQUES, Context
 @pytest.fixture
 def ctx(tiny_task, tmp_path):
     base = tiny_task.build_model()
-    return Context(task=tiny_task, device="cpu", workdir=tmp_path, base_model=base)
+    # every lever in the space, those the search leaves out unless asked included
+    options = {"sparse.searched": True, "share.searched": True}
+    return Context(
+        task=tiny_task, device="cpu", workdir=tmp_path, base_model=base, options=options
+    )
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))

@@ -62,3 +62,26 @@ def test_fit_refuses_a_nan_loss() -> None:
     loader = [(torch.full((4, 2), float("nan")), torch.zeros(4, dtype=torch.long))]
     with pytest.raises(FloatingPointError, match="loss became nan"):
         fit(model, loader, epochs=1, lr=0.1, loss_fn=nn.functional.cross_entropy)  # type: ignore[arg-type]
+
+
+def test_self_distillation_learns_from_the_students_moving_average() -> None:
+    from search.training import _move_average
+
+    teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
+    expected = (teacher.weight + student.weight).detach() / 2
+    _move_average(teacher, student, 0.5)
+    assert torch.allclose(teacher.weight, expected)
+    with pytest.raises(ValueError, match="exactly one"):
+        Distillation(None, temperature=2.0, alpha=0.5)
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    before = model.weight.detach().clone()
+    inputs = torch.randn(64, 4)
+    targets = (inputs[:, 0] > 0).long()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets), 16)
+    fit(
+        model, loader, epochs=3, lr=0.1, loss_fn=nn.functional.cross_entropy,
+        distillation=Distillation(None, temperature=2.0, alpha=0.5, ema_decay=0.9),
+    )  # fmt: skip
+    assert not torch.equal(model.weight, before)

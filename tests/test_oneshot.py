@@ -1,0 +1,211 @@
+"""One-shot commands: one technique through the search's own trial pipeline, one MLflow run.
+
+On the tiny digits task with one fine-tuning epoch: each command writes its model file and
+a single run with the input's figures beside the result's, and the ratios between them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import pytest
+from mlflow import MlflowClient
+
+from search.config import SearchConfig
+from search.errors import ConfigError
+from search.oneshot import (
+    EXPERIMENT,
+    UNIFORM_EXPAND,
+    cubic_schedule,
+    one_shot_params,
+    run_one_shot,
+    schedule_steps,
+)
+from search.runner import prepare_space
+
+FIXTURE_TASK = str(Path(__file__).parent / "fixtures" / "tiny_task.py") + ":make_task"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+    )  # fmt: skip
+
+
+def _config(home: Path) -> SearchConfig:
+    return SearchConfig(
+        task=FIXTURE_TASK, latency_budget_factor=1.0, trials=1, finetune_epochs=1, home=home
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "lever_label"),
+    [
+        ("prune", {"prune.ratio": 0.5}, "prune0.50"),
+        ("quantize", {"quant.scheme": "int8-static"}, "int8s-pc-u8-r7-minmax"),
+        ("lowrank", {"lowrank.rank_ratio": 0.25}, "lr0.25"),
+        ("distill", {"prune.ratio": 0.5, "distill.alpha": 0.5}, "kd4/0.5"),
+        ("share", {"share.bits": 4}, "share4b"),
+    ],
+)
+def test_each_command_writes_its_file_and_one_run_with_before_and_after(
+    command, given, lever_label, tiny_task, home
+) -> None:
+    output = home / "out" / f"{command}.onnx"
+    # distillation here from the student's own moving average (self-distillation)
+    options = {"distill.teacher": "ema"} if command == "distill" else None
+    result = run_one_shot(
+        _config(home), command, given, output=output, task=tiny_task, options=options
+    )
+
+    assert result.output == output and output.exists()
+    onnx.checker.check_model(str(output))
+    assert lever_label in result.label
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    assert [run.info.run_id for run in runs] == [result.run_id]  # one run, no parent
+    metrics = runs[0].data.metrics
+    for name in ("accuracy", "test_accuracy", "latency_p50_ms", "size_bytes"):
+        assert name in metrics and f"before_{name}" in metrics
+    assert metrics["speedup"] == pytest.approx(
+        metrics["before_latency_p50_ms"] / metrics["latency_p50_ms"]
+    )
+    assert metrics["size_ratio"] == pytest.approx(
+        metrics["before_size_bytes"] / output.stat().st_size
+    )
+    assert runs[0].data.tags["one_shot.command"] == command
+    if options:
+        assert runs[0].data.params["one_shot.distill.teacher"] == "ema"
+    if command in ("prune", "lowrank", "distill"):  # fewer weights, by the technique
+        assert result.after.params < result.before.params
+    else:  # int8 weights: a smaller file with the same parameter count
+        assert output.stat().st_size < result.before.size_bytes
+        assert result.after.params == result.before.params
+
+
+def test_unset_settings_take_the_levers_reference_and_others_stay_off(tiny_task, home) -> None:
+    prepared = prepare_space(_config(home), tiny_task)
+    params = one_shot_params("prune", {}, prepared.ctx, prepared.space)
+    assert params["prune.ratio"] == 0.5 and params["prune.importance"] == "magnitude"
+    assert params["quant.scheme"] == "fp32" and params["lowrank.rank_ratio"] == 0.0
+    assert params["distill.alpha"] == 0.0  # recovery on the labels alone unless asked
+    narrowed = one_shot_params("distill", {UNIFORM_EXPAND: 2}, prepared.ctx, prepared.space)
+    widths = {k: v for k, v in narrowed.items() if k.startswith("width.")}
+    assert widths and all(v <= 2 for v in widths.values())
+    assert narrowed["distill.alpha"] == 0.9  # the lever's reference
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "needle"),
+    [
+        ("lowrank", {}, "leaves the technique off; give e.g. --rank-ratio 0.25"),
+        ("quantize", {"quant.scheme": "fp32"}, "leaves the technique off"),
+        ("distill", {}, "needs a student"),
+        ("prune", {"prune.ratio": 0.95}, "prune.ratio=0.95: must be a number from 0 to 0.7"),
+    ],
+)
+def test_settings_that_do_nothing_or_cannot_apply_are_refused(
+    command, given, needle, tiny_task, home
+) -> None:
+    prepared = prepare_space(_config(home), tiny_task)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        one_shot_params(command, given, prepared.ctx, prepared.space)
+
+
+def test_the_command_line_runs_one_and_says_bad_options_in_its_own_words(
+    tmp_path, tiny_task
+) -> None:
+    result = run_cli(
+        "prune", "--task", FIXTURE_TASK, "--ratio", "0.25", "--finetune-epochs", "1",
+        "--output", "pruned.onnx", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "x faster" in result.stdout and "x smaller" in result.stdout
+    assert (tmp_path / "pruned.onnx").exists()
+    bad = run_cli("prune", "--task", FIXTURE_TASK, "--ratio", "2", cwd=tmp_path)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --ratio 2")
+    assert "must be a number from 0 to 0.7 in steps of 0.05" in lines[0]
+
+
+def test_unstructured_pruning_reports_sparsity_and_compression_not_speed(tiny_task, home) -> None:
+    result = run_one_shot(
+        _config(home), "prune --unstructured", {"sparse.ratio": 0.8}, task=tiny_task
+    )
+    before, after = result.before, result.after
+    assert 0.7 < after.sparsity < 0.85 and before.sparsity < 0.01  # the output layer is kept
+    assert after.compressed_bytes < 0.6 * before.compressed_bytes
+    assert after.size_bytes > 0.9 * before.size_bytes  # a dense file: zeros take room too
+    assert after.params == before.params and after.macs == before.macs
+    assert after.p50_ms > 0  # measured, whatever it is: no speed-up is assumed
+    run = MlflowClient(result.tracking_uri).get_run(result.run_id)
+    assert run.data.metrics["sparsity"] == pytest.approx(after.sparsity)
+    assert run.data.metrics["compressed_size_ratio"] > 1.6
+
+
+def test_iterative_pruning_steps_are_child_runs_of_one_parent(tiny_task, home) -> None:
+    result = run_one_shot(
+        _config(home), "prune --unstructured", {}, task=tiny_task, schedule=(0.5, 0.8)
+    )
+    assert result.label.count("->") == 1 and 0.7 < result.after.sparsity < 0.85
+    client = MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.run_id]
+    assert len(runs) == 3 and len(children) == 2
+    parent = client.get_run(result.run_id)
+    assert parent.info.status == "FINISHED" and "before_accuracy" in parent.data.metrics
+
+
+def test_schedules_are_ratios_of_the_input_on_the_levers_grid() -> None:
+    assert schedule_steps("prune", (0.5, 0.75, 0.9)) == [
+        {"prune.ratio": 0.5},
+        {"prune.ratio": 0.5},  # half of the half that is left
+        {"prune.ratio": 0.6},
+    ]
+    assert schedule_steps("prune --unstructured", (0.5, 0.9)) == [
+        {"sparse.ratio": 0.5},
+        {"sparse.ratio": 0.9},
+    ]
+    gradual = cubic_schedule(0.8, 4)
+    assert gradual[-1] == 0.8 and list(gradual) == sorted(gradual)
+    assert gradual[1] - gradual[0] > gradual[-1] - gradual[-2]  # fast first, slow last
+    with pytest.raises(ConfigError, match="must rise"):
+        schedule_steps("prune", (0.5, 0.5))
+    with pytest.raises(ConfigError, match="applies to search prune"):
+        schedule_steps("lowrank", (0.5,))
+
+
+def test_a_trial_of_a_study_is_rebuilt_then_compressed_further(tiny_task, home) -> None:
+    from search.oneshot import TrialRef
+    from search.runner import run_search
+
+    searched = replace(
+        _config(home), latency_budget_factor=None, latency_budget_ms=50.0, trials=2,
+        study_name="tiny-study",
+    )  # fmt: skip
+    run_search(searched, task=tiny_task)  # the baseline, then pruning 50% (trial 1)
+    source = TrialRef("tiny-study", 1, searched.storage_url)
+    result = run_one_shot(_config(home), "quantize", {}, task=tiny_task, from_trial=source)
+    original = tiny_task.build_model()
+    assert result.before.params < sum(p.numel() for p in original.parameters())  # the trial
+    assert result.after.params == result.before.params  # quantized, not pruned again
+    assert result.after.size_bytes < 0.8 * result.before.size_bytes  # int8 weights
+    client = MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.run_id]
+    assert sorted(r.info.run_name.split(" ", 1)[1] for r in children)[0].startswith("int8s")
+    assert len(children) == 2  # the replayed trial, then the quantization
+    with pytest.raises(ConfigError, match="no completed trial"):
+        run_one_shot(
+            _config(home), "quantize", {}, task=tiny_task,
+            from_trial=TrialRef("tiny-study", 9, searched.storage_url),
+        )  # fmt: skip
