@@ -2,6 +2,7 @@
 
 python -m benchmarks run [--quick] [--device cpu|cuda] [--seeds 0 1 2] ...
 python -m benchmarks compare benchmarks/results/A.json benchmarks/results/B.json
+python -m benchmarks serve-load [--model FILE.onnx] [--requests 400] [--clients 1 8 32]
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("compare", help="do two results files agree?")
     check.add_argument("first", type=Path)
     check.add_argument("second", type=Path)
+    load = commands.add_parser("serve-load", help="search serve with batching off and on")
+    load.add_argument("--model", type=Path, help="ONNX file (default: the digits baseline)")
+    load.add_argument("--requests", type=int, default=400, help="requests per setting")
+    load.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    load.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
+    if args.command == "serve-load":
+        return _serve_load(args)
     if args.command == "compare":
         from benchmarks.compare import agreement
 
@@ -67,6 +75,33 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     command = "python -m benchmarks " + shlex.join(argv)
     for path in write_results(results, results_stem(args.out, plan.quick), command):
         say(f"wrote {path}")
+    return 0
+
+
+def _serve_load(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from benchmarks.serve_load import load_test, markdown
+    from search.config import SearchConfig
+    from search.runtime import export_onnx
+    from search.task import load_task
+
+    config = SearchConfig(home=Path.cwd())
+    task = load_task("digits", cache_dir=config.cache_dir)
+    inputs = next(iter(task.data("test")))[0].numpy()
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as folder:
+        model = args.model
+        if model is None:
+            model = export_onnx(task.build_model(), task.example_inputs(1),
+                                Path(folder) / "digits-baseline.onnx").path  # fmt: skip
+        rows = load_test(model, inputs, clients=tuple(args.clients), requests=args.requests)
+        text = markdown(rows, model)
+    stem = args.out / f"serve-load-{time.strftime('%Y-%m-%d')}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(json.dumps({"commit": _commit(), "rows": rows}, indent=2))
+    print(text + f"wrote {stem}.md and .json")
     return 0
 
 

@@ -6,6 +6,7 @@ instant. Errors a user can fix print one line and exit with code 2.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from typer._click import exceptions as click_errors  # typer 0.29 vendors click
 
-from search import cli_oneshot
+from search import cli_oneshot, cli_serve
 from search.cli_options import (
     ConfigOption,
     DeviceOption,
@@ -529,6 +530,7 @@ def sensitivity_command(
 for _one_shot in (cli_oneshot.prune, cli_oneshot.quantize, cli_oneshot.lowrank,
                   cli_oneshot.distill, cli_oneshot.share):  # fmt: skip
     app.command(name=_one_shot.__name__)(_one_shot)
+app.command(name="serve")(cli_serve.serve)
 
 
 def _levers(config: Path | None, off: list[str] | None, fix: list[str] | None) -> tuple:
@@ -547,6 +549,9 @@ def main() -> None:
     # Ctrl-C (SIGINT) always means "stop cleanly": a shell starts background jobs with it
     # ignored, and an explicit `kill -INT` must still fail the trial and close its runs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # MLflow draws a progress bar for every model it downloads (a baseline, a trial's file):
+    # noise between the lines the commands print. The user's own setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     interrupted = (
         "interrupted: the current trial is recorded as failed, finished trials are saved; "
         "run the same command again to resume"

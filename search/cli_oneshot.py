@@ -193,7 +193,7 @@ def quantize(
 def lowrank(
     rank_ratio: Annotated[
         float | None,
-        typer.Option(help="Kept rank as a share of each layer's full rank, e.g. 0.25."),
+        typer.Option(help="Kept rank as a share of each layer's full rank (default 0.5)."),
     ] = None,
     common: dict[str, Any] | None = None,
 ) -> None:

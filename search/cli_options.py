@@ -33,7 +33,9 @@ FixOption = Annotated[
 ]
 TaskOption = Annotated[
     str | None,
-    typer.Option(help="digits (the default), pkg.module:factory or path/to/file.py:factory."),
+    typer.Option(
+        help="digits (the default), digits-vit, pkg.module:factory or path/to/file.py:factory."
+    ),
 ]
 StorageOption = Annotated[
     str | None, typer.Option(help="Optuna storage URL (default SQLite in studies/optuna.db).")

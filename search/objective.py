@@ -130,6 +130,7 @@ class TrialObjective:
             options=self.settings.options,
             runtime=self.settings.runtime,
             layer_caps=self.settings.layer_caps,
+            threads=self.settings.threads,
         )
         self._clock = PhaseClock()
         plan = sample_plan(trial, ctx)

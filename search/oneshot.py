@@ -68,6 +68,9 @@ _HINTS = {
     "distill": "give e.g. --alpha 0.9",
     "share": "give e.g. --bits 5",
 }
+# what a command applies when the user gives no setting and the lever has no reference
+# (low-rank has none: in a search it is left to be found, but a one-shot needs a value)
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"lowrank": {"lowrank.rank_ratio": 0.5}}
 UNIFORM_EXPAND = "width.expand"  # one expand ratio for every group (``search distill``)
 RATIO_STEP = 0.05  # the grid of prune.ratio and sparse.ratio in the search space
 # command -> the lever it applies (its parameters are ``<lever>.<name>``)
@@ -161,6 +164,7 @@ def one_shot_params(
     touched = dict.fromkeys([lever, *(name.partition(".")[0] for name in given)])
     for name in touched:
         defaults.update(TECHNIQUES[name].reference_params(ctx) or {})
+    defaults.update(COMMAND_DEFAULTS.get(command, {}))
     if expand is not None:
         for name, trained in TECHNIQUES["width"].off_params(ctx).items():
             defaults[name] = min(int(expand), int(trained))

@@ -217,6 +217,7 @@ def prepare_space(config: SearchConfig, task: Task) -> PreparedSpace:
         options=config.levers.options(),
         runtime=config.runtime,
         layer_caps=sensitivity_caps(config, base_model),
+        threads=config.threads,
     )
     notes = not_applicable(ctx)
     space = explore_space(ctx)

@@ -143,15 +143,83 @@ def graph_signature(artifact: Artifact) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
+# How a deployed file asks to be run, in its metadata (written by the ``ort`` lever): the
+# graph-optimisation level it was optimised to offline (loaded as it is, not re-optimised)
+# and the intra-op thread count it was measured with.
+OPTIMIZED_KEY = "search.graph_optimization"
+THREADS_KEY = "search.threads"
+OPTIMIZATION_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_settings(path: Path) -> dict[str, str]:
+    """The settings a deployed file carries (``OPTIMIZED_KEY``, ``THREADS_KEY``), if any."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    keys = (OPTIMIZED_KEY, THREADS_KEY)
+    return {entry.key: entry.value for entry in model.metadata_props if entry.key in keys}
+
+
 def open_session(path: Path, *, device: str = "cpu", threads: int = 1) -> ort.InferenceSession:
-    """An inference session pinned to ``threads`` intra-op threads and sequential execution."""
+    """An inference session pinned to ``threads`` intra-op threads and sequential execution.
+
+    A file optimised offline is loaded without optimising it again, and a file that names
+    its thread count runs with it: what was measured is what is deployed.
+    """
+    settings = session_settings(path)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = int(settings.get(THREADS_KEY, threads))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if OPTIMIZED_KEY in settings
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=[_PROVIDERS[device]])
+
+
+def with_session_settings(
+    artifact: Artifact,
+    output: Path,
+    *,
+    level: str | None,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> Artifact:
+    """Write ``artifact`` to ``output`` with its session settings recorded in the file.
+
+    With a ``level``, the file is ONNX Runtime's graph optimised offline to that level
+    (loaded later as it is); ``threads`` fixes the session's intra-op threads. An
+    ``all``-level file may hold layouts specific to this CPU's kernels: it is an artifact
+    for this target, as ONNX Runtime's documentation warns.
+    """
+    import onnx
+
+    source = artifact.path
+    if level is not None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
+        options.optimized_model_filepath = str(output)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(artifact.path), options, providers=[_PROVIDERS[device]])
+        source = output
+    model = onnx.load(str(source))
+    settings = ({OPTIMIZED_KEY: level} if level else {}) | (
+        {THREADS_KEY: str(threads)} if threads else {}
+    )
+    kept = [entry for entry in model.metadata_props if entry.key not in settings]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in settings.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(output))
+    return Artifact(path=output, scheme=artifact.scheme)
 
 
 def onnxruntime_predictor(path: Path, *, device: str = "cpu", threads: int = 1) -> Predictor:

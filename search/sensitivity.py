@@ -99,6 +99,8 @@ def analyse(
             drops = {}
             for ratio in ratios:
                 pruned = prune_channels(model, example, ratio=0.0, layer_ratios={layer: ratio})
+                if _parameters(pruned) == _parameters(model):
+                    continue  # rounded to 8 channels, the layer would be empty: not pruned
                 drops[ratio] = 100 * (base - accuracy(pruned, f"p{index}-{ratio:g}"))
             rows[layer] = LayerSensitivity(layer, drops)
         if int8 and runtime == ONNXRUNTIME:
@@ -106,6 +108,10 @@ def analyse(
                 known = rows.get(layer, LayerSensitivity(layer))
                 rows[layer] = LayerSensitivity(layer, known.prune_drop, drop)
     return Sensitivity(base, tuple(ratios), list(rows.values()))
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def _int8_drops(
@@ -223,7 +229,9 @@ def write_table(sensitivity: Sensitivity, folder: Path) -> list[Path]:
     lines = [
         f"Accuracy drop in points against the unchanged model "
         f"({sensitivity.baseline_accuracy:.4f} on validation), each layer alone, "
-        "no fine-tuning; most sensitive first.",
+        "no fine-tuning; most sensitive first. A dash: not pruned at that ratio (rounded to "
+        "multiples of 8 channels the layer would be empty, so pruning leaves it whole), or "
+        "pruned with another layer's group.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

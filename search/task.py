@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
 Split = Literal["train", "val", "test"]
-BUILTIN_TASKS = ("digits",)
+BUILTIN_TASKS = ("digits", "digits-vit")
 _REQUIRED = ("name", "build_model", "example_inputs", "data", "metric", "loss")
 
 
@@ -71,9 +71,9 @@ def load_task(spec: str, *, cache_dir: Path) -> Task:
             factory, factory error, or a result that is not a Task).
     """
     if spec in BUILTIN_TASKS:
-        from search.tasks.digits import DigitsTask
+        from search.tasks.digits import VIT_CONFIG, DigitsTask
 
-        return DigitsTask(cache_dir=cache_dir)
+        return DigitsTask(VIT_CONFIG if spec == "digits-vit" else None, cache_dir=cache_dir)
     factory = _resolve_factory(spec)
     try:
         task = factory()

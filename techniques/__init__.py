@@ -5,6 +5,7 @@ order of STAGES (model -> training -> artifact) and the registry lists them in t
 technique is one new module and one line here.
 """
 
+from techniques.attention import AttentionKernel
 from techniques.base import (
     STAGES,
     ArtifactTechnique,
@@ -19,12 +20,14 @@ from techniques.lora import LoRA
 from techniques.lowrank import LowRank
 from techniques.pruning import StructuredPruning
 from techniques.quantization import Quantization
+from techniques.session import SessionKnobs
 from techniques.sparsity import UnstructuredPruning
 from techniques.weight_sharing import WeightSharing
 from techniques.width import ExpandRatio
 
 TECHNIQUES: dict[str, Technique] = {
-    "width": ExpandRatio(),  # model stage: narrow inverted residual blocks first,
+    "attn": AttentionKernel(),  # model stage: swap the attention kernel (transformers),
+    "width": ExpandRatio(),  # narrow inverted residual blocks,
     "prune": StructuredPruning(),  # then prune what remains,
     "lowrank": LowRank(),  # then factorise the remaining 1x1 and Linear layers,
     "sparse": UnstructuredPruning(),  # zero single weights (only when asked for)
@@ -32,6 +35,7 @@ TECHNIQUES: dict[str, Technique] = {
     "lora": LoRA(),
     "quant": Quantization(),  # artifact stage
     "share": WeightSharing(),  # (only when asked for, and not with int8)
+    "ort": SessionKnobs(),  # then how ONNX Runtime runs the file (optimised offline, threads)
 }
 
 __all__ = [

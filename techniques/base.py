@@ -52,6 +52,8 @@ class Context:
             the fine-tuned model's: work that only sets values (calibration) may be lighter.
         layer_caps: the largest pruning ratio each named layer may take (from sensitivity
             analysis, ``--use-sensitivity``); layers not named take the sampled ratio.
+        threads: the target's intra-op thread count (``--threads``): what a candidate runs
+            with unless the ``ort`` lever chooses another.
     """
 
     task: Task
@@ -63,6 +65,7 @@ class Context:
     runtime: str = "onnxruntime"
     draft: bool = False
     layer_caps: Mapping[str, float] = field(default_factory=dict)
+    threads: int = 1
 
 
 class ModelTechnique(Protocol):

@@ -14,12 +14,18 @@ norm, the next layer's inputs, depthwise groups, residual sums). Three things ar
 
 Channel counts are rounded to multiples of 8 because odd counts ran slower in ONNX Runtime
 than the unpruned model.
+
+In a transformer (a model with attention modules, ``techniques.attention``) the ratio
+removes whole attention heads (ranked by the importance of their query, key and value
+rows) and MLP hidden units; the residual stream's width, which every block shares, is
+kept. Each attention module's ``num_heads`` and ``head_dim`` are updated to match.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from techniques.attention import attention_modules
 from techniques.base import Context, TechniqueError
 
 if TYPE_CHECKING:
@@ -141,27 +148,50 @@ def prune_channels(
     if unknown:
         raise TechniqueError(f"no layer named {unknown[0]!r} in the model to prune")
     per_layer = {modules[name]: r for name, r in (layer_ratios or {}).items()}
+    attention = attention_modules(pruned)
+    heads: dict[str, Any] = {}
+    if attention:
+        qkv_heads = {m.qkv: m.num_heads for m in attention}
+        heads = dict(
+            num_heads=qkv_heads,
+            prune_num_heads=True,
+            prune_head_dims=False,
+            head_pruning_ratio=ratio,
+            head_pruning_ratio_dict={
+                m.qkv: per_layer[m.qkv] for m in attention if m.qkv in per_layer
+            }
+            or None,
+        )
+        ignored.append(first_layer(pruned))  # its group is the residual stream: kept
     criteria = {
         "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
         "taylor": lambda: tp.importance.TaylorImportance(),
         "bn-scale": lambda: tp.importance.BNScaleImportance(),
     }
-    pruner = tp.pruner.MetaPruner(
-        pruned,
-        example_inputs,
-        importance=criteria[importance](),
-        pruning_ratio=ratio,
-        pruning_ratio_dict=per_layer or None,
-        global_pruning=scope == "global",
-        max_pruning_ratio=MAX_LAYER_RATIO,
-        ignored_layers=ignored,
-        round_to=ROUND_TO,
-    )
+    with warnings.catch_warnings():
+        # a transformer's position embedding is a bare parameter: torch-pruning says it
+        # would prune its last dimension, the residual width, whose group is kept anyway
+        warnings.filterwarnings("ignore", "Unwrapped parameters detected", UserWarning)
+        pruner = tp.pruner.MetaPruner(
+            pruned,
+            example_inputs,
+            importance=criteria[importance](),
+            pruning_ratio=ratio,
+            pruning_ratio_dict=per_layer or None,
+            global_pruning=scope == "global",
+            max_pruning_ratio=MAX_LAYER_RATIO,
+            ignored_layers=ignored,
+            round_to=ROUND_TO,
+            **heads,
+        )
     if importance == "taylor":
         if task is None:
             raise TechniqueError("prune.importance='taylor' needs training data for gradients")
         _accumulate_gradients(pruned, task)
     pruner.step()
+    for module in attention:  # the heads left, and their width, as torch-pruning counts
+        module.num_heads = pruner.num_heads[module.qkv]
+        module.head_dim = module.qkv.out_features // (3 * module.num_heads)
     pruned.zero_grad(set_to_none=True)
     return pruned.eval()
 
@@ -171,6 +201,14 @@ def _accumulate_gradients(model: nn.Module, task: Task) -> None:
     model.zero_grad(set_to_none=True)
     for inputs, targets in itertools.islice(task.data("train"), TAYLOR_BATCHES):
         task.loss(model(inputs), targets).backward()
+
+
+def first_layer(model: nn.Module) -> nn.Module:
+    """The first Linear or Conv layer in registration order: the one reading the input."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    if not layers:
+        raise TechniqueError("the model has no Linear or Conv2d layer to prune around")
+    return layers[0]
 
 
 def output_layer(model: nn.Module) -> nn.Module:

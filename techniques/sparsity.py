@@ -2,9 +2,12 @@
 
 ``sparse.ratio`` of the weights of every Conv2d and Linear layer except the output layer
 are zeroed, the smallest by magnitude, within each layer (``sparse.scope=layer``) or
-ranked across all of them (``global``). The masks stay in place through the recovery
-fine-tune (PyTorch's pruning reparametrisation multiplies the weights by them in every
-forward), so pruned weights stay zero.
+ranked across all of them (``global``). A global ranking compares each weight's magnitude
+with its layer's mean magnitude: layers are followed by batch norm, so their raw scales are
+arbitrary, and ranking raw magnitudes emptied every late depthwise convolution of the
+digits model (100% zeros; 0.10 accuracy after fine-tuning). The masks stay in place
+through the recovery fine-tune (PyTorch's pruning reparametrisation multiplies the weights
+by them in every forward), so pruned weights stay zero.
 
 Honest about what it buys: a dense runtime multiplies the zeros like any other number, so
 the file is the same size and runs no faster; the zeros only pay where the file is
@@ -16,7 +19,7 @@ kernel runs it. For that reason the search leaves the lever out unless the optio
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -108,7 +111,12 @@ def zero_weights(model: nn.Module, *, ratio: float, scope: str = "layer") -> nn.
     if not layers:
         raise TechniqueError("the model has no Conv2d or Linear layer besides its output")
     if scope == "global":
-        prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=ratio)
+        prune.global_unstructured(
+            layers,
+            pruning_method=prune.L1Unstructured,
+            importance_scores=_scale_free_magnitudes(layers),
+            amount=ratio,
+        )
     else:
         for module, name in layers:
             prune.l1_unstructured(module, name, amount=ratio)
@@ -118,6 +126,17 @@ def zero_weights(model: nn.Module, *, ratio: float, scope: str = "layer") -> nn.
         weight: torch.Tensor = getattr(module, name)
         weight.register_hook(_KeepZeros(mask))
     return masked
+
+
+def _scale_free_magnitudes(
+    layers: Sequence[tuple[nn.Module, str]],
+) -> dict[tuple[nn.Module, str], torch.Tensor]:
+    """Each weight's magnitude over its layer's mean magnitude: comparable across layers."""
+    scores = {}
+    for module, name in layers:
+        magnitude = getattr(module, name).detach().abs()
+        scores[(module, name)] = magnitude / magnitude.mean().clamp_min(1e-12)
+    return scores
 
 
 class _KeepZeros:

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
-from tiny_task import TINY
+from tiny_task import TINY, TINY_VIT
 
 from search.tasks.digits import DigitsTask
 
@@ -40,6 +40,15 @@ def tiny_task(task_cache: Path) -> DigitsTask:
     """The tiny digits task with its baseline trained (about 10 s, once per session)."""
     torch.set_num_threads(os.cpu_count() or 1)
     task = DigitsTask(TINY, cache_dir=task_cache)
+    task.build_model()
+    return task
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_task(task_cache: Path) -> DigitsTask:
+    """The tiny digits transformer with its baseline trained (a few seconds, once)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    task = DigitsTask(TINY_VIT, cache_dir=task_cache)
     task.build_model()
     return task
 

@@ -68,7 +68,7 @@ RUN = ["run", "--latency-budget", "5ms"]
         (["space", "--runtime", "bogus"], "--runtime"),
         (["sensitivity", "--ratios", "x"], "--ratios 'x': write numbers"),
         (["sensitivity", "--ratios", "1.5"], "between 0 and 1"),
-        (["lowrank", "--task", f"{BAD}:tiny"], "off; give e.g. --rank-ratio 0.25"),
+        (["lowrank", "--task", f"{BAD}:tiny", "--rank-ratio", "0"], "off; give e.g. --rank"),
         (["distill", "--task", f"{BAD}:tiny"], "needs a student"),
         (["quantize", "--task", f"{BAD}:tiny", "--scheme", "int4"], "--scheme int4: use one"),
     ],

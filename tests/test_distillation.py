@@ -62,3 +62,30 @@ def test_fit_with_feature_distillation_trains_and_removes_its_hooks(tiny_task) -
         assert not student.get_submodule(name)._forward_hooks
         assert not teacher.get_submodule(name)._forward_hooks
     assert student(tiny_task.example_inputs(2)).shape == (2, 10)
+
+
+def test_the_ema_teacher_keeps_at_least_half_the_loss_on_the_labels(tiny_task, tmp_path) -> None:
+    import optuna
+    import pytest
+
+    from search.training import Recipe
+    from techniques import Context
+    from techniques.base import TechniqueError
+    from techniques.distillation import EMA_MAX_ALPHA, KnowledgeDistillation
+
+    lever = KnowledgeDistillation()
+    ema = Context(
+        tiny_task, "cpu", tmp_path, tiny_task.build_model(), options={"distill.teacher": "ema"}
+    )
+    assert lever.reference_params(ema)["distill.alpha"] == EMA_MAX_ALPHA
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        lever.space(trial, ema)
+        assert trial.params["distill.alpha"] <= EMA_MAX_ALPHA
+        study.tell(trial, 0.0)
+    params = lever.space(
+        optuna.trial.FixedTrial({"distill.alpha": 0.9, "distill.temperature": 4.0,
+                                 "distill.feature_weight": 0.0}), ema)  # fmt: skip
+    with pytest.raises(TechniqueError, match=r"at most 0\.5"):
+        lever.configure(Recipe(epochs=1, lr=0.01), params, ema)

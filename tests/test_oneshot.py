@@ -99,12 +99,16 @@ def test_unset_settings_take_the_levers_reference_and_others_stay_off(tiny_task,
     widths = {k: v for k, v in narrowed.items() if k.startswith("width.")}
     assert widths and all(v <= 2 for v in widths.values())
     assert narrowed["distill.alpha"] == 0.9  # the lever's reference
+    # low-rank has no reference: the command's own default applies
+    assert (
+        one_shot_params("lowrank", {}, prepared.ctx, prepared.space)["lowrank.rank_ratio"] == 0.5
+    )
 
 
 @pytest.mark.parametrize(
     ("command", "given", "needle"),
     [
-        ("lowrank", {}, "leaves the technique off; give e.g. --rank-ratio 0.25"),
+        ("lowrank", {"lowrank.rank_ratio": 0.0}, "leaves the technique off; give e.g. --rank"),
         ("quantize", {"quant.scheme": "fp32"}, "leaves the technique off"),
         ("distill", {}, "needs a student"),
         ("prune", {"prune.ratio": 0.95}, "prune.ratio=0.95: must be a number from 0 to 0.7"),

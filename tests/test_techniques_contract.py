@@ -6,15 +6,22 @@ import pytest
 from search.objective import baseline_params, reference_trials
 from techniques import TECHNIQUES, Context
 
+TRANSFORMER_LEVERS = {"attn"}  # checked on the tiny transformer, the rest on the tiny CNN
+
 
 @pytest.fixture
-def ctx(tiny_task, tmp_path):
-    base = tiny_task.build_model()
+def task(request):
+    callspec = getattr(request.node, "callspec", None)
+    name = callspec.params.get("name") if callspec else None
+    return request.getfixturevalue("tiny_vit_task" if name in TRANSFORMER_LEVERS else "tiny_task")
+
+
+@pytest.fixture
+def ctx(task, tmp_path):
+    base = task.build_model()
     # every lever in the space, those the search leaves out unless asked included
-    options = {"sparse.searched": True, "share.searched": True}
-    return Context(
-        task=tiny_task, device="cpu", workdir=tmp_path, base_model=base, options=options
-    )
+    options = {"sparse.searched": True, "share.searched": True, "ort.searched": True}
+    return Context(task=task, device="cpu", workdir=tmp_path, base_model=base, options=options)
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
@@ -40,7 +47,7 @@ def test_space_is_namespaced_and_replayable(name, ctx) -> None:
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
-def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> None:
+def test_applied_technique_yields_a_runnable_candidate(name, ctx, task) -> None:
     from search.runtime import export_onnx
     from search.runtimes import evaluate
 
@@ -54,7 +61,7 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> 
             trial = trial.study.ask()
     else:
         params = technique.space(optuna.trial.FixedTrial(params_dict), ctx)
-    model = tiny_task.build_model()
+    model = task.build_model()
     if technique.stage == "training":
         from search.training import Recipe, fit
         from techniques.pruning import prune_channels
@@ -62,21 +69,21 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, tiny_task) -> 
         plain = Recipe(epochs=1, lr=0.01)
         recipe = technique.configure(plain, params, ctx)
         assert recipe != plain
-        model = prune_channels(model, tiny_task.example_inputs(1), ratio=0.25)
+        model = prune_channels(model, task.example_inputs(1), ratio=0.25)
         for step in recipe.prepare:
             model = step(model)
-        fit(model, tiny_task.data("train"), epochs=1, lr=0.01, loss_fn=tiny_task.loss,
+        fit(model, task.data("train"), epochs=1, lr=0.01, loss_fn=task.loss,
             distillation=recipe.distillation)  # fmt: skip
         for step in recipe.finish:
             model = step(model)
-        artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
+        artifact = export_onnx(model, task.example_inputs(1), ctx.workdir / "m.onnx")
     elif technique.stage == "model":
         model = technique.apply(model, params, ctx)
-        artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
+        artifact = export_onnx(model, task.example_inputs(1), ctx.workdir / "m.onnx")
     else:
-        artifact = export_onnx(model, tiny_task.example_inputs(1), ctx.workdir / "m.onnx")
+        artifact = export_onnx(model, task.example_inputs(1), ctx.workdir / "m.onnx")
         artifact = technique.apply(artifact, params, ctx)
-    assert 0.0 <= evaluate(artifact, tiny_task.data("val"), tiny_task.metric) <= 1.0
+    assert 0.0 <= evaluate(artifact, task.data("val"), task.metric) <= 1.0
 
 
 def test_registry_lists_stages_in_application_order() -> None:

@@ -69,8 +69,17 @@ def test_self_distillation_learns_from_the_students_moving_average() -> None:
 
     teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
     expected = (teacher.weight + student.weight).detach() / 2
-    _move_average(teacher, student, 0.5)
+    _move_average(teacher, student, 0.5, step=100)
     assert torch.allclose(teacher.weight, expected)
+    # early steps: the decay warms up, (1 + 1) / (10 + 1), the teacher follows closely
+    follow = ((2 / 11) * teacher.weight + (9 / 11) * student.weight).detach()
+    _move_average(teacher, student, 0.99, step=1)
+    assert torch.allclose(teacher.weight, follow)
+    # batch-norm statistics are averaged with the weights, not copied
+    bn_teacher, bn_student = nn.BatchNorm1d(2), nn.BatchNorm1d(2)
+    bn_student.running_mean.fill_(4.0)
+    _move_average(bn_teacher, bn_student, 0.5, step=100)
+    assert torch.allclose(bn_teacher.running_mean, torch.full((2,), 2.0))
     with pytest.raises(ValueError, match="exactly one"):
         Distillation(None, temperature=2.0, alpha=0.5)
 

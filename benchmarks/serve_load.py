@@ -1,0 +1,133 @@
+"""Load test of `search serve`: throughput and p95 with dynamic batching off and on.
+
+The server is ``search.serve``'s app in a thread on a free 127.0.0.1 port (loopback
+only); the clients are coroutines on one aiohttp session in this process, each sending
+its requests one after another, so the offered load is set by how many run at once. The
+cache is off and every request is a different test image, so the model runs for each.
+Bounded: a fixed number of requests per setting.
+
+python -m benchmarks serve-load [--model FILE.onnx] [--requests 400] [--clients 1 8 32]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.serve import ServedModel, ServeSettings, build_app
+
+MAX_BATCH = 16
+MAX_WAIT_MS = 2.0
+
+
+def load_test(
+    model: Path,
+    inputs: np.ndarray,
+    *,
+    clients: tuple[int, ...],
+    requests: int,
+    threads: int = 1,
+) -> list[dict[str, Any]]:
+    """One row per (batching, clients): throughput and client-side p50/p95 latency."""
+    rows = []
+    for batching in (False, True):
+        settings = ServeSettings(
+            max_batch=MAX_BATCH if batching else 1,
+            max_wait_ms=MAX_WAIT_MS if batching else 0.0,
+            cache_size=0,
+            threads=threads,
+        )
+        for concurrency in clients:
+            served = ServedModel(model, model.stem, "file", "none")
+            with _running(build_app(served, settings)) as url:
+                figures = asyncio.run(_drive(url, inputs, concurrency, requests))
+            rows.append({"batching": batching, "clients": concurrency, **figures})
+    return rows
+
+
+async def _drive(url: str, inputs: np.ndarray, clients: int, requests: int) -> dict[str, Any]:
+    import aiohttp
+
+    bodies = [{"inputs": inputs[i % len(inputs)].tolist()} for i in range(requests)]
+    latencies: list[float] = []
+    cursor = iter(range(requests))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for index in cursor:
+            began = time.perf_counter()
+            async with session.post(f"{url}/predict", json=bodies[index]) as answer:
+                await answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"request {index}: HTTP {answer.status}")
+            latencies.append((time.perf_counter() - began) * 1e3)
+
+    async with aiohttp.ClientSession() as session:
+        for warm in bodies[:8]:  # connections and the session's first runs
+            async with session.post(f"{url}/predict", json=warm) as answer:
+                await answer.read()
+        began = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        wall = time.perf_counter() - began
+        async with session.get(f"{url}/metrics") as answer:
+            server = await answer.json()
+    times = np.asarray(latencies)
+    return {
+        "requests": requests,
+        "throughput_per_s": requests / wall,
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "mean_batch_size": server["mean_batch_size"],
+    }
+
+
+class _running:
+    """uvicorn serving ``app`` on a free loopback port in a thread, while in the block."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start in 30 s")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def markdown(rows: list[dict[str, Any]], model: Path) -> str:
+    lines = [
+        f"Load test of `search serve` on {model.name} (loopback, cache off, "
+        f"batching: max batch {MAX_BATCH}, max wait {MAX_WAIT_MS:g} ms).",
+        "",
+        "| batching | clients | requests/s | p50 ms | p95 ms | mean batch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        batch = row["mean_batch_size"]
+        lines.append(
+            f"| {'on' if row['batching'] else 'off'} | {row['clients']} | "
+            f"{row['throughput_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
+            f"{batch:.1f} |"
+            if batch is not None
+            else "| – |"
+        )
+    return "\n".join(lines) + "\n"
