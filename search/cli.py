@@ -102,6 +102,13 @@ def run(
     batch_size: Annotated[
         int | None, typer.Option(help="Batch size for latency measurement (default 1).")
     ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help="latency (p50 of one batch, the default) or throughput (items/s at "
+            "--batch-size, for servers; recorded and shown, same order as latency)."
+        ),
+    ] = None,
     finetune_epochs: Annotated[
         int | None,
         typer.Option(help="Recovery fine-tuning epochs after a model-stage lever (default 10)."),
@@ -172,6 +179,7 @@ def run(
         "max-failures": max_failures,
         "heartbeat": heartbeat,
         "batch-size": batch_size,
+        "objective": objective,
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
         "latency-first": latency_first,
@@ -212,6 +220,7 @@ def run(
         f"search: task {search_config.task}, budget {budget} p50 on {search_config.device} "
         f"in {search_config.runtime} ({threads_used} thread{'s' if threads_used > 1 else ''}, "
         f"batch {search_config.batch_size}"
+        + (", objective throughput" if search_config.objective == "throughput" else "")
         + (f", {search_config.workers} workers)" if search_config.workers > 1 else ")")
     )
     with TrialProgress(console, total=search_config.trials) as progress:

@@ -32,6 +32,7 @@ class FrontRow:
     speedup: float | None  # baseline p50 / this p50
     shrink: float | None  # baseline size / this size
     over_budget_ms: float
+    throughput_per_s: float | None  # items/s at the study's batch size (None: not recorded)
     mlflow_run_id: str
     params: dict[str, object]
 
@@ -82,6 +83,7 @@ def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> 
                 speedup=None if base is None else base.values[1] / p50,
                 shrink=None if base is None else base.values[2] / size,
                 over_budget_ms=float(trial.user_attrs.get("over_budget_ms", float("nan"))),
+                throughput_per_s=_optional(trial.user_attrs.get("throughput_per_s")),
                 mlflow_run_id=str(trial.user_attrs.get("mlflow_run_id", "")),
                 params=dict(trial.params),
             )
@@ -89,10 +91,14 @@ def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> 
     return rows
 
 
+def _optional(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
 def write_csv(rows: Sequence[FrontRow], path: Path) -> Path:
     columns = [
         "trial", "name", "accuracy", "accuracy_delta", "latency_p50_ms", "latency_p95_ms",
-        "speedup", "size_mb", "shrink", "macs", "mlflow_run_id", "params",
+        "speedup", "size_mb", "shrink", "macs", "throughput_per_s", "mlflow_run_id", "params",
     ]  # fmt: skip
     partial = path.with_suffix(".partial")
     with partial.open("w", newline="") as handle:
@@ -103,7 +109,8 @@ def write_csv(rows: Sequence[FrontRow], path: Path) -> Path:
                 [
                     row.number, row.name, f"{row.accuracy:.6f}", _fmt(row.accuracy_delta),
                     f"{row.latency_p50_ms:.6f}", f"{row.latency_p95_ms:.6f}", _fmt(row.speedup),
-                    f"{row.size_mb:.6f}", _fmt(row.shrink), row.macs, row.mlflow_run_id,
+                    f"{row.size_mb:.6f}", _fmt(row.shrink), row.macs,
+                    _fmt(row.throughput_per_s), row.mlflow_run_id,
                     ";".join(f"{k}={v}" for k, v in row.params.items()),
                 ]
             )  # fmt: skip
@@ -116,20 +123,22 @@ def write_front_markdown(rows: Sequence[FrontRow], path: Path, budget_ms: float)
     lines = [
         f"# Pareto front: feasible trials within {budget_ms:g} ms p50",
         "",
-        "| trial | candidate | accuracy | Δ points | p50 ms | faster | MB | smaller | MMACs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| trial | candidate | accuracy | Δ points | p50 ms | items/s | faster | MB | smaller "
+        "| MMACs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         delta = "" if row.accuracy_delta is None else f"{row.accuracy_delta * 100:+.2f}"
         faster = "" if row.speedup is None else f"{row.speedup:.2f}×"
         smaller = "" if row.shrink is None else f"{row.shrink:.2f}×"
+        rate = "" if row.throughput_per_s is None else f"{row.throughput_per_s:.0f}"
         lines.append(
             f"| {row.number} | {row.name} | {row.accuracy:.4f} | {delta} | "
-            f"{row.latency_p50_ms:.4f} | {faster} | {row.size_mb:.4f} | {smaller} | "
+            f"{row.latency_p50_ms:.4f} | {rate} | {faster} | {row.size_mb:.4f} | {smaller} | "
             f"{row.macs / 1e6:.2f} |"
         )
     if not rows:
-        lines.append("| - | no feasible trial yet | | | | | | | |")
+        lines.append("| - | no feasible trial yet | | | | | | | | |")
     partial = path.with_suffix(".partial")
     partial.write_text("\n".join(lines) + "\n")
     os.replace(partial, path)

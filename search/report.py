@@ -81,7 +81,13 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
     return f"{name}  {acc}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
 
 
-def front_table(rows: Sequence[FrontRow], title: str, *, show_over_budget: bool = False) -> Table:
+def front_table(
+    rows: Sequence[FrontRow],
+    title: str,
+    *,
+    show_over_budget: bool = False,
+    show_throughput: bool = False,
+) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("#", justify="right")
     table.add_column("candidate", overflow="fold", min_width=10, ratio=1)
@@ -90,8 +96,12 @@ def front_table(rows: Sequence[FrontRow], title: str, *, show_over_budget: bool 
         table.add_column(column, justify="right", no_wrap=True)
     if show_over_budget:
         table.add_column("over ms", justify="right", no_wrap=True)
+    if show_throughput:
+        table.add_column("items/s", justify="right", no_wrap=True)
     for row in rows:
         over = [f"{row.over_budget_ms:+.3f}"] if show_over_budget else []
+        if show_throughput:
+            over.append(_ratio(row.throughput_per_s, fmt="{:.0f}"))
         table.add_row(
             str(row.number),
             row.name.split(" ", 1)[-1],
@@ -124,7 +134,11 @@ def print_result(console: Console, result: SearchResult, budget_ms: float) -> No
         )
     if result.front:
         console.print(
-            front_table(result.front, f"Pareto front: feasible trials within {budget_ms:g} ms")
+            front_table(
+                result.front,
+                f"Pareto front: feasible trials within {budget_ms:g} ms",
+                show_throughput=result.objective == "throughput",
+            )
         )
     else:
         console.print(

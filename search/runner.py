@@ -81,6 +81,7 @@ class SearchResult:
     trials_failed: int
     tracking_uri: str
     latency_budget_ms: float  # as resolved (a relative budget becomes milliseconds)
+    objective: str = "latency"  # or throughput: the front shows items/s
     not_applicable: dict[str, str] = field(default_factory=dict)  # lever -> why
     stopped_by_failures: str | None = None  # why the run stopped early, if it did
 
@@ -434,4 +435,5 @@ def _summarise(
         trials_failed=failed,
         tracking_uri=config.mlflow_uri,
         latency_budget_ms=config.latency_budget_ms,
+        objective=config.objective,
     )

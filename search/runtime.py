@@ -148,6 +148,9 @@ def graph_signature(artifact: Artifact) -> str:
 # and the intra-op thread count it was measured with.
 OPTIMIZED_KEY = "search.graph_optimization"
 THREADS_KEY = "search.threads"
+PROVIDER_KEY = "search.provider"  # tensorrt or tensorrt-fp16 on CUDA: TensorRT runs it
+TENSORRT = "TensorrtExecutionProvider"
+TENSORRT_PROVIDERS = ("tensorrt", "tensorrt-fp16")
 OPTIMIZATION_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -160,7 +163,7 @@ def session_settings(path: Path) -> dict[str, str]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    keys = (OPTIMIZED_KEY, THREADS_KEY)
+    keys = (OPTIMIZED_KEY, THREADS_KEY, PROVIDER_KEY)
     return {entry.key: entry.value for entry in model.metadata_props if entry.key in keys}
 
 
@@ -181,7 +184,25 @@ def open_session(path: Path, *, device: str = "cpu", threads: int = 1) -> ort.In
         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=[_PROVIDERS[device]])
+    providers = _providers(device, settings.get(PROVIDER_KEY))
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def tensorrt_available() -> str | None:
+    """Why ONNX Runtime's TensorRT provider cannot run here, or None when it can."""
+    if TENSORRT not in ort.get_available_providers():
+        return "this ONNX Runtime has no TensorrtExecutionProvider (onnxruntime-gpu with TensorRT)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def _providers(device: str, provider: str | None) -> list[str | tuple[str, dict[str, str]]]:
+    """ONNX Runtime's providers for ``device``; TensorRT first (CUDA for what it leaves)."""
+    if provider not in TENSORRT_PROVIDERS or device != "cuda":
+        return [_PROVIDERS[device]]
+    fp16 = "True" if provider == "tensorrt-fp16" else "False"
+    return [(TENSORRT, {"trt_fp16_enable": fp16}), _PROVIDERS["cuda"]]
 
 
 def with_session_settings(
@@ -190,12 +211,14 @@ def with_session_settings(
     *,
     level: str | None,
     threads: int | None = None,
+    provider: str | None = None,
     device: str = "cpu",
 ) -> Artifact:
     """Write ``artifact`` to ``output`` with its session settings recorded in the file.
 
     With a ``level``, the file is ONNX Runtime's graph optimised offline to that level
-    (loaded later as it is); ``threads`` fixes the session's intra-op threads. An
+    (loaded later as it is); ``threads`` fixes the session's intra-op threads, and
+    ``provider`` (``tensorrt``, ``tensorrt-fp16``) has TensorRT run it on CUDA. An
     ``all``-level file may hold layouts specific to this CPU's kernels: it is an artifact
     for this target, as ONNX Runtime's documentation warns.
     """
@@ -210,8 +233,10 @@ def with_session_settings(
         ort.InferenceSession(str(artifact.path), options, providers=[_PROVIDERS[device]])
         source = output
     model = onnx.load(str(source))
-    settings = ({OPTIMIZED_KEY: level} if level else {}) | (
-        {THREADS_KEY: str(threads)} if threads else {}
+    settings = (
+        ({OPTIMIZED_KEY: level} if level else {})
+        | ({THREADS_KEY: str(threads)} if threads else {})
+        | ({PROVIDER_KEY: provider} if provider else {})
     )
     kept = [entry for entry in model.metadata_props if entry.key not in settings]
     del model.metadata_props[:]
@@ -230,6 +255,6 @@ def onnxruntime_predictor(path: Path, *, device: str = "cpu", threads: int = 1) 
         return session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
 
     provider = session.get_providers()[0]
-    if provider != _PROVIDERS[device]:  # ORT falls back to the CPU when a provider fails
+    if provider not in (_PROVIDERS[device], TENSORRT):  # ORT falls back to the CPU on failure
         raise RuntimeError(f"{path.name}: ONNX Runtime could not run it on {device} ({provider})")
     return Predictor(run=run, label=f"onnxruntime-{ort.__version__}/{provider}")

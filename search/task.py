@@ -32,7 +32,9 @@ class Task(Protocol):
     """A trained model and its data.
 
     ``val`` is used during the search, ``test`` only when a model is promoted, ``train`` for
-    fine-tuning and quantization calibration. ``metric`` is higher-is-better.
+    fine-tuning and quantization calibration. ``metric`` is higher-is-better. An optional
+    ``optimizer`` attribute (``sgd``, the default, or ``adamw``) says how the model trains,
+    and so how recovery fine-tuning runs (transformers: AdamW).
     """
 
     name: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -145,6 +146,7 @@ class Recipe:
     epochs: int
     lr: float
     distillation: Distillation | None = None
+    optimizer: str = "sgd"  # "adamw" for a task whose model trains with it (transformers)
     prepare: tuple[ModelStep, ...] = ()
     finish: tuple[ModelStep, ...] = ()
 
@@ -159,6 +161,7 @@ def fit(
     distillation: Distillation | None = None,
     on_epoch: EpochCallback | None = None,
     optimizer: str = "sgd",
+    device: str = "cpu",
 ) -> nn.Module:
     """Train ``model`` in place with SGD + Nesterov momentum and a cosine schedule.
 
@@ -169,21 +172,28 @@ def fit(
             SGD trains poorly from scratch).
         distillation: when given, the hard ``loss_fn`` is blended with soft targets.
         on_epoch: called with ``(epoch, mean_loss)`` after each epoch, for curves.
+        device: where to train; on ``cuda`` the forward passes run in bf16 autocast
+            (mixed precision; weights and optimizer state stay float32) and the model
+            comes back to the CPU, where it is exported.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite (the trial should fail).
     """
     if epochs == 0:
         return model.eval()
+    model.to(device)
     teacher = None
     if distillation is not None:
         teacher = distillation.teacher
         if teacher is None:  # self-distillation: the student's moving average teaches
             teacher = _frozen_copy(model)
+        elif device != "cpu":  # the caller's teacher (the base model) stays where it is
+            teacher = copy.deepcopy(teacher).to(device)
     features = None
     if distillation is not None and teacher is not None and distillation.feature_weight > 0:
         sample = next(iter(loader))[0]
-        features = FeatureMatch(model, teacher, distillation.feature_layers, sample)
+        features = FeatureMatch(model, teacher, distillation.feature_layers, sample.to(device))
+        features.adapters.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if features is not None:
         trainable += list(features.adapters.parameters())
@@ -197,16 +207,20 @@ def fit(
     try:
         for epoch in range(epochs):
             total, count = 0.0, 0
-            for inputs, targets in loader:
+            for batch_inputs, batch_targets in loader:
+                inputs, targets = batch_inputs.to(device), batch_targets.to(device)
                 opt.zero_grad(set_to_none=True)
-                outputs = model(inputs)
-                loss = loss_fn(outputs, targets)
-                if distillation is not None and teacher is not None:
-                    with torch.no_grad():
-                        teacher_outputs = teacher(inputs)
-                    loss = distillation.loss(outputs, teacher_outputs, loss, progress=step / steps)
-                    if features is not None:
-                        loss = loss + distillation.feature_weight * features.loss()
+                with _mixed_precision(device):
+                    outputs = model(inputs)
+                    loss = loss_fn(outputs, targets)
+                    if distillation is not None and teacher is not None:
+                        with torch.no_grad():
+                            teacher_outputs = teacher(inputs)
+                        loss = distillation.loss(
+                            outputs, teacher_outputs, loss, progress=step / steps
+                        )
+                        if features is not None:
+                            loss = loss + distillation.feature_weight * features.loss()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}")
                 loss.backward()
@@ -223,7 +237,15 @@ def fit(
     finally:
         if features is not None:
             features.remove()
+        model.to("cpu")
     return model.eval()
+
+
+def _mixed_precision(device: str) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CUDA (no loss scaling needed: bf16 keeps float32's range)."""
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -268,8 +290,9 @@ def _move_average(teacher: nn.Module, student: nn.Module, decay: float, step: in
 def predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager outputs and targets over a loader; for references, not for reported numbers."""
     model.eval()
+    device = next(model.parameters()).device
     outputs, targets = [], []
     for inputs, batch_targets in loader:
-        outputs.append(model(inputs))
+        outputs.append(model(inputs.to(device)).float().cpu())
         targets.append(batch_targets)
     return torch.cat(outputs), torch.cat(targets)

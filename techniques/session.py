@@ -12,6 +12,12 @@ Latency depends on how the file is run as well as on its weights. Two knobs are 
   allows more than ``--threads`` (``--fix ort.max_threads=4``). The file records the
   count and every measurement of it runs with that count: the latency is the deployed one.
 
+* ``ort.provider`` on CUDA, only where ONNX Runtime has its TensorRT execution provider:
+  ``cuda``, or ``tensorrt`` / ``tensorrt-fp16`` (TensorRT builds its engine from the file,
+  fp16 kernels allowed in the second). TensorRT wants the graph as exported, so with it
+  the level stays ``load``. Elsewhere the parameter is absent, and ``search space`` says
+  why.
+
 ONNX Runtime only; last of the artifact stage, so it optimises the quantized graph.
 
 Measured on the digits model (pruned by half, one thread, p50): load 0.262 ms; offline
@@ -30,7 +36,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from search.runtime import OPTIMIZATION_LEVELS, Artifact, with_session_settings
+from search.runtime import (
+    OPTIMIZATION_LEVELS,
+    TENSORRT_PROVIDERS,
+    Artifact,
+    tensorrt_available,
+    with_session_settings,
+)
 from search.training import Recipe
 from techniques.base import Context, TechniqueError
 
@@ -40,6 +52,7 @@ if TYPE_CHECKING:
 AT_LOAD = "load"
 LEVELS = (AT_LOAD, *OPTIMIZATION_LEVELS)
 MAX_THREADS = (1, 2, 4, 8, 16, 32, 64)
+PROVIDERS = ("cuda", *TENSORRT_PROVIDERS)
 
 
 @dataclass(frozen=True)
@@ -49,10 +62,13 @@ class SessionParams:
 
     level: str = AT_LOAD
     threads: int | None = None
+    provider: str | None = None  # None: the device's own (CPU or CUDA)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise TechniqueError(f"ort.level={self.level!r} is unknown: use one of {LEVELS}")
+        if self.provider not in (None, *TENSORRT_PROVIDERS):
+            raise TechniqueError(f"ort.provider={self.provider!r}: use one of {PROVIDERS}")
         if self.threads is not None and self.threads < 1:
             raise TechniqueError(f"ort.threads={self.threads} must be at least 1")
 
@@ -60,7 +76,8 @@ class SessionParams:
     def label(self) -> str:
         level = "" if self.level == AT_LOAD else f"opt-{self.level}"
         threads = f"t{self.threads}" if self.threads else ""
-        return "-".join(part for part in (level, threads) if part)
+        provider = {None: "", "tensorrt": "trt", "tensorrt-fp16": "trt16"}[self.provider]
+        return "-".join(part for part in (level, threads, provider) if part)
 
 
 class SessionKnobs:
@@ -75,7 +92,8 @@ class SessionKnobs:
         if not _searched(ctx):
             return {}
         threads = {"ort.threads": ctx.threads} if _max_threads(ctx) > ctx.threads else {}
-        return {"ort.level": AT_LOAD} | threads
+        provider = {"ort.provider": "cuda"} if _tensorrt(ctx) else {}
+        return {"ort.level": AT_LOAD} | threads | provider
 
     def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
         return None
@@ -95,9 +113,13 @@ class SessionKnobs:
             choices = tuple(sorted({ctx.threads, *(n for n in MAX_THREADS if n <= most)}))
             threads = int(trial.suggest_categorical("ort.threads", choices))
             threads = None if threads == ctx.threads else threads
-        if level == AT_LOAD and threads is None:
+        provider = None
+        if _tensorrt(ctx) and level == AT_LOAD:
+            chosen = str(trial.suggest_categorical("ort.provider", PROVIDERS))
+            provider = None if chosen == "cuda" else chosen
+        if level == AT_LOAD and threads is None and provider is None:
             return None  # the file as exported, run as every candidate is: off
-        return SessionParams(level, threads)
+        return SessionParams(level, threads, provider)
 
     def fine_tunes(self, params: SessionParams) -> bool:
         return False
@@ -111,7 +133,12 @@ class SessionKnobs:
         output = ctx.workdir / f"{artifact.path.stem}.{params.label}.onnx"
         level = None if params.level == AT_LOAD else params.level
         return with_session_settings(
-            artifact, output, level=level, threads=params.threads, device=ctx.device
+            artifact,
+            output,
+            level=level,
+            threads=params.threads,
+            provider=params.provider,
+            device=ctx.device,
         )
 
 
@@ -119,7 +146,13 @@ def _searched(ctx: Context) -> bool:
     """In the space: ONNX Runtime, and asked for or allowed more threads than the target's."""
     if ctx.runtime != "onnxruntime":
         return False
-    return bool(ctx.options.get("ort.searched", False)) or _max_threads(ctx) > ctx.threads
+    asked = bool(ctx.options.get("ort.searched", False))
+    return asked or _max_threads(ctx) > ctx.threads or _tensorrt(ctx)
+
+
+def _tensorrt(ctx: Context) -> bool:
+    """TensorRT is a choice: a CUDA target and ONNX Runtime's TensorRT provider present."""
+    return ctx.device == "cuda" and tensorrt_available() is None
 
 
 def _max_threads(ctx: Context) -> int:

@@ -38,6 +38,7 @@ def test_parse_latency_rejects_with_a_fix(text: str) -> None:
         ({"max_accuracy_drop": -0.01}, "--max-accuracy-drop"),
         ({"max_accuracy_drop": float("nan")}, "--max-accuracy-drop"),
         ({"max_accuracy_drop": float("inf")}, "--max-accuracy-drop"),
+        ({"objective": "speed"}, "--objective 'speed' is unknown"),
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
@@ -50,6 +51,10 @@ def test_default_study_name_resumes_the_same_study(tmp_path) -> None:
     assert config.resolved_study_name("digits") == "digits-0.4ms-cpu"
     assert config.storage_url == f"sqlite:///{tmp_path / 'studies' / 'optuna.db'}"
     assert config.mlflow_uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    server = SearchConfig(
+        latency_budget_ms=5, objective="throughput", batch_size=32, home=tmp_path
+    )
+    assert server.resolved_study_name("digits") == "digits-5ms-cpu-throughput-b32"
 
 
 def test_a_relative_budget_is_a_factor_of_the_baseline() -> None:

@@ -20,6 +20,7 @@ TRIAL_METRICS = {
     "params",
     "macs",
     "feasible",
+    "throughput_per_s",
 }
 
 
@@ -101,6 +102,17 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     front = {row.number for row in again.front}
     for run in children:  # tags agree with the front after the resume
         assert run.data.tags["on_front"] == str(int(run.data.tags[TRIAL_TAG]) in front)
+
+
+def test_the_throughput_objective_records_items_per_second(home, tiny_task) -> None:
+    config = config_for(home, objective="throughput", batch_size=4, trials=2)
+    result = run_search(config, task=tiny_task)
+    assert result.study_name.endswith("-throughput-b4")
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    for trial in finished(study):
+        p50 = trial.user_attrs["latency_p50_ms"]
+        assert trial.user_attrs["throughput_per_s"] == pytest.approx(4 * 1000 / p50)
+    assert result.front and all(row.throughput_per_s for row in result.front)
 
 
 def test_no_feasible_trial_reports_the_nearest(home, tiny_task) -> None:

@@ -14,6 +14,7 @@ from search.runtime import (
     graph_signature,
     open_session,
     session_settings,
+    tensorrt_available,
     with_session_settings,
 )
 from techniques import Context
@@ -79,3 +80,40 @@ def test_threads_are_searched_only_above_the_targets(tiny_task, tmp_path):
     assert seen == {1, 2, 4}
     fixed = optuna.trial.FixedTrial({"ort.level": "all", "ort.threads": 4})
     assert knobs.space(fixed, ctx(4, threads=2)) == SessionParams("all", 4)
+
+
+def test_tensorrt_is_a_choice_only_on_cuda_where_present(tiny_task, tmp_path):
+    cpu = Context(
+        tiny_task, "cpu", tmp_path, tiny_task.build_model(), options={"ort.searched": True}
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        SessionKnobs().space(trial, cpu)
+        assert "ort.provider" not in trial.params
+        study.tell(trial, 0.0)
+    if tensorrt_available() is not None:  # this machine: the reason is one sentence
+        assert (
+            "TensorrtExecutionProvider" in tensorrt_available() or "CUDA" in tensorrt_available()
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    tensorrt_available() is not None,
+    reason=f"ONNX Runtime's TensorRT provider cannot run here: {tensorrt_available()}",
+)
+def test_tensorrt_runs_the_file_as_cuda_does(tiny_task, tmp_path):
+    exported = export_onnx(
+        tiny_task.build_model(), tiny_task.example_inputs(1), tmp_path / "m.onnx"
+    )
+    trt = with_session_settings(
+        exported, tmp_path / "m.trt.onnx", level=None, provider="tensorrt", device="cuda"
+    )
+    session = open_session(trt.path, device="cuda")
+    assert session.get_providers()[0] == "TensorrtExecutionProvider"
+    inputs = next(iter(tiny_task.data("val")))[0].numpy()
+    cuda = open_session(exported.path, device="cuda")
+    np.testing.assert_allclose(
+        session.run(None, {"input": inputs})[0], cuda.run(None, {"input": inputs})[0], atol=1e-3
+    )

@@ -94,3 +94,17 @@ def test_self_distillation_learns_from_the_students_moving_average() -> None:
         distillation=Distillation(None, temperature=2.0, alpha=0.5, ema_decay=0.9),
     )  # fmt: skip
     assert not torch.equal(model.weight, before)
+
+
+@pytest.mark.gpu
+def test_fine_tuning_on_cuda_runs_in_mixed_precision_and_returns_to_the_cpu(tiny_task) -> None:
+    from techniques.pruning import prune_channels
+
+    teacher = tiny_task.build_model()
+    student = prune_channels(teacher, tiny_task.example_inputs(1), ratio=0.25)
+    before = [p.detach().clone() for p in student.parameters()]
+    fit(student, tiny_task.data("train"), epochs=1, lr=0.01, loss_fn=tiny_task.loss,
+        distillation=Distillation(teacher, temperature=4.0, alpha=0.5), device="cuda")  # fmt: skip
+    assert all(p.device.type == "cpu" for p in student.parameters())
+    assert all(p.device.type == "cpu" for p in teacher.parameters())  # the caller's, untouched
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))

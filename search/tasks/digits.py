@@ -105,7 +105,8 @@ class DigitsTask:
         self.cache_dir = cache_dir
         self._splits = load_digits_splits(self.config)
         self.name = "digits-vit" if isinstance(self.config.model, ViTConfig) else "digits"
-        self._optimizer = "adamw" if isinstance(self.config.model, ViTConfig) else "sgd"
+        # how this model trains, and so how the search fine-tunes it (``Recipe.optimizer``)
+        self.optimizer = "adamw" if isinstance(self.config.model, ViTConfig) else "sgd"
 
     @property
     def baseline_path(self) -> Path:
@@ -146,7 +147,7 @@ class DigitsTask:
             epochs=self.config.epochs,
             lr=self.config.lr,
             loss_fn=self.loss,
-            optimizer=self._optimizer,
+            optimizer=self.optimizer,
         )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         # Write then rename: a crash or a concurrent worker never sees half a file.
