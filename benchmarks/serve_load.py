@@ -71,19 +71,28 @@ async def _drive(url: str, inputs: np.ndarray, clients: int, requests: int) -> d
         for warm in bodies[:8]:  # connections and the session's first runs
             async with session.post(f"{url}/predict", json=warm) as answer:
                 await answer.read()
+        async with session.get(f"{url}/metrics") as answer:
+            before = await answer.json()
         began = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         wall = time.perf_counter() - began
         async with session.get(f"{url}/metrics") as answer:
-            server = await answer.json()
+            after = await answer.json()
+    batches = after["batches"] - before["batches"]
+    items = _items(after) - _items(before)
     times = np.asarray(latencies)
     return {
         "requests": requests,
         "throughput_per_s": requests / wall,
         "p50_ms": float(np.percentile(times, 50)),
         "p95_ms": float(np.percentile(times, 95)),
-        "mean_batch_size": server["mean_batch_size"],
+        "mean_batch_size": items / batches if batches else None,  # the timed requests only
     }
+
+
+def _items(metrics: dict[str, Any]) -> float:
+    """Items run in batches so far, from the server's count and mean."""
+    return (metrics["mean_batch_size"] or 0.0) * metrics["batches"]
 
 
 class _running:
@@ -123,11 +132,10 @@ def markdown(rows: list[dict[str, Any]], model: Path) -> str:
     ]
     for row in rows:
         batch = row["mean_batch_size"]
+        shown = f"{batch:.1f}" if batch is not None else "–"
         lines.append(
             f"| {'on' if row['batching'] else 'off'} | {row['clients']} | "
             f"{row['throughput_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
-            f"{batch:.1f} |"
-            if batch is not None
-            else "| – |"
+            f"{shown} |"
         )
     return "\n".join(lines) + "\n"

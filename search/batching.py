@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RECENT_LATENCIES = 10_000  # requests kept for the percentiles
+Pending = tuple[np.ndarray, "asyncio.Future[np.ndarray]"]  # a request's inputs, its answer
 
 
 def input_key(inputs: np.ndarray) -> str:
@@ -128,19 +130,24 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1e3
         self._stats = stats
-        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] | None = None
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self._queue: asyncio.Queue[Pending] | None = None
+        self._worker: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
+        self._carried: Pending | None = None  # a request that did not fit the last batch
 
     def start(self) -> None:
-        """Start gathering on the running event loop (the server's)."""
+        """Start gathering on the running event loop (the server's); again after ``stop``."""
         self._queue = asyncio.Queue()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self._task = asyncio.get_running_loop().create_task(self._gather_forever())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        self._worker.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, inputs: np.ndarray) -> np.ndarray:
         """The outputs for ``inputs`` (a batch of one or more items), once its batch ran."""
@@ -151,37 +158,47 @@ class DynamicBatcher:
         return await future
 
     async def _gather_forever(self) -> None:
+        while True:
+            pending = await self._gather()
+            try:
+                await self._run(pending)
+            except Exception as error:  # never let one bad batch stop the server
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(error)
+
+    async def _gather(self) -> list[Pending]:
+        """The next batch: the first waiting request, and those within the wait that fit.
+
+        A request larger than ``max_batch`` runs alone; one that would overflow the batch
+        waits for the next.
+        """
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        while True:
-            pending = [await self._queue.get()]
-            items = len(pending[0][0])
-            deadline = loop.time() + self.max_wait_s
-            while items < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-                pending.append(nxt)
-                items += len(nxt[0])
-            await self._run(pending, loop)
+        first, self._carried = self._carried or await self._queue.get(), None
+        pending, items = [first], len(first[0])
+        deadline = loop.time() + self.max_wait_s
+        while items < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                nxt = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                break
+            if items + len(nxt[0]) > self.max_batch:
+                self._carried = nxt
+                break
+            pending.append(nxt)
+            items += len(nxt[0])
+        return pending
 
-    async def _run(
-        self,
-        pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    async def _run(self, pending: list[Pending]) -> None:
         batch = np.concatenate([inputs for inputs, _ in pending])
-        try:
-            outputs = await loop.run_in_executor(self._worker, self._predict, batch)
-        except Exception as error:  # the model failed: every waiting request hears why
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(error)
-            return
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._worker, self._predict, batch)
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"the model answered {len(outputs)} rows for {len(batch)}")
         self._stats.ran_batch(len(batch))
         start = 0
         for inputs, future in pending:

@@ -17,7 +17,7 @@ from search.cli_options import TrackingOption
 
 def serve(
     model: Annotated[
-        str, typer.Option(help="Registered model name (by default the study's name).")
+        str, typer.Option(help="Registered model name (search promote's --name, or the study's).")
     ],
     alias: Annotated[str, typer.Option(help="Which version: the alias it holds.")] = "champion",
     host: Annotated[

@@ -8,7 +8,8 @@ are honoured (``search.runtime.open_session``). FastAPI answers, uvicorn serves,
 * ``POST /predict`` with ``{"inputs": [...]}``: one item of the model's input shape, or a
   list of them; answers ``{"outputs", "predictions", "cached"}``. A body that is not that
   is refused with 4xx and one sentence, and the server goes on.
-* ``GET /metrics``: requests, cache hits, rejected requests, batches and their mean size,
+* ``GET /metrics``: requests, cache hits, refused requests (4xx, and 5xx where the model
+  failed), batches and their mean size,
   p50/p95 request latency (ms, in the server) and throughput since the first request.
 * ``GET /health``: the model's name, version and input shape.
 """
@@ -76,7 +77,10 @@ def fetch_registered(name: str, alias: str, tracking_uri: str, folder: Path) -> 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     local = Path(
-        mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=str(folder))
+        # the version the alias named when asked: it may move while this downloads
+        mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{version.version}", dst_path=str(folder)
+        )
     )
     files = sorted(local.rglob("*.onnx"))
     if not files:
@@ -157,7 +161,10 @@ def build_app(model: ServedModel, settings: ServeSettings) -> FastAPI:
         outputs = cache.get(key)
         cached = outputs is not None
         if outputs is None:
-            outputs = await batcher.submit(inputs)
+            try:
+                outputs = await batcher.submit(inputs)
+            except Exception as error:  # the model failed on this batch: said, not raised
+                return refuse(500, f"the model failed: {type(error).__name__}: {error}")
             cache.put(key, outputs)
         stats.answered(began, cached=cached)
         return {

@@ -53,7 +53,12 @@ class AttentionLike(Protocol):
 
 
 def is_attention(module: nn.Module) -> bool:
-    """A multi-head attention module by the names it keeps (timm's and ours)."""
+    """A multi-head attention module by the names it keeps (timm's and ours).
+
+    Head pruning works on any of them; the kernel swap only on the built-in ``Attention``
+    (``swappable``): others may normalise queries and keys or take masks, which a swap
+    would silently drop.
+    """
     return (
         isinstance(getattr(module, "qkv", None), nn.Linear)
         and isinstance(getattr(module, "proj", None), nn.Linear)
@@ -64,6 +69,12 @@ def is_attention(module: nn.Module) -> bool:
 def attention_modules(model: nn.Module) -> list[AttentionLike]:
     """The model's attention modules, in registration order."""
     return [cast(AttentionLike, m) for m in model.modules() if is_attention(m)]
+
+
+def swappable(model: nn.Module) -> bool:
+    """Every attention module is the built-in one, whose kernel the lever can change."""
+    modules = [m for m in model.modules() if is_attention(m)]
+    return bool(modules) and all(isinstance(m, Attention) for m in modules)
 
 
 def kernel_of(module: AttentionLike) -> str:
@@ -78,19 +89,21 @@ class AttentionKernel:
 
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
         modules = attention_modules(ctx.base_model)
-        return {"attn.kernel": kernel_of(modules[0])} if modules else {}
+        return {"attn.kernel": kernel_of(modules[0])} if swappable(ctx.base_model) else {}
 
     def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
-        return {"attn.kernel": "linear"} if attention_modules(ctx.base_model) else None
+        return {"attn.kernel": "linear"} if swappable(ctx.base_model) else None
 
     def applicability(self, ctx: Context) -> str | None:
         if not attention_modules(ctx.base_model):
             return "no attention modules (qkv and proj Linear layers, num_heads)"
+        if not swappable(ctx.base_model):
+            return "its attention modules are not search.tasks.vit.Attention"
         return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> AttentionParams | None:
         modules = attention_modules(ctx.base_model)
-        if not modules:
+        if not swappable(ctx.base_model):
             return None  # nothing to swap: no parameter either
         kernel = trial.suggest_categorical("attn.kernel", KERNELS)
         if all(kernel_of(m) == kernel for m in modules):

@@ -61,7 +61,7 @@ def fake_quantize_weight(weight: torch.Tensor, spec: FakeQuantSpec) -> torch.Ten
         zero = torch.zeros_like(scale, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
     scale = (weight.detach().abs().amax() / qmax).clamp_min(1e-12).float().reshape(1)
-    zero = torch.zeros(1, dtype=torch.int32)
+    zero = torch.zeros(1, dtype=torch.int32, device=weight.device)
     return torch.fake_quantize_per_tensor_affine(weight, scale, zero, -qmax, qmax)
 
 
@@ -92,7 +92,8 @@ class ActivationRange(nn.Module):
         qmin, qmax = self.spec.activation_bounds
         scale = ((self.high - self.low) / (qmax - qmin)).clamp_min(1e-8).float().reshape(1)
         zero = (qmin - torch.round(self.low / scale)).clamp(qmin, qmax).to(torch.int32)
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero.reshape(1), qmin, qmax)
+        # float32 in: under CUDA's bf16 autocast the activations arrive in bf16
+        return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero.reshape(1), qmin, qmax)
 
 
 class FakeQuantLayer(nn.Module):

@@ -152,11 +152,13 @@ def prune_channels(
     heads: dict[str, Any] = {}
     if attention:
         qkv_heads = {m.qkv: m.num_heads for m in attention}
+        fewest = min(qkv_heads.values())
         heads = dict(
             num_heads=qkv_heads,
             prune_num_heads=True,
             prune_head_dims=False,
-            head_pruning_ratio=ratio,
+            # torch-pruning removes ceil(ratio x heads) per layer: keep at least one
+            head_pruning_ratio=min(ratio, (fewest - 1) / fewest),
             head_pruning_ratio_dict={
                 m.qkv: per_layer[m.qkv] for m in attention if m.qkv in per_layer
             }
@@ -190,6 +192,11 @@ def prune_channels(
         _accumulate_gradients(pruned, task)
     pruner.step()
     for module in attention:  # the heads left, and their width, as torch-pruning counts
+        if pruner.num_heads[module.qkv] < 1:  # global ranking may empty a block
+            raise TechniqueError(
+                f"prune.ratio={ratio:g} ({scope}) removes every attention head of a block; "
+                "use a smaller ratio or prune.scope=layer"
+            )
         module.num_heads = pruner.num_heads[module.qkv]
         module.head_dim = module.qkv.out_features // (3 * module.num_heads)
     pruned.zero_grad(set_to_none=True)

@@ -130,7 +130,7 @@ class SessionKnobs:
     def apply(self, artifact: Artifact, params: SessionParams, ctx: Context) -> Artifact:
         if artifact.format != "onnx":
             raise TechniqueError("ort.level: only ONNX files run in ONNX Runtime sessions")
-        output = ctx.workdir / f"{artifact.path.stem}.{params.label}.onnx"
+        output = artifact.path.with_suffix(f".{params.label}.onnx")  # beside its input
         level = None if params.level == AT_LOAD else params.level
         return with_session_settings(
             artifact,

@@ -146,7 +146,7 @@ class _KeepZeros:
         self.mask = mask
 
     def __call__(self, gradient: torch.Tensor) -> torch.Tensor:
-        return gradient * self.mask
+        return gradient * self.mask.to(gradient.device)  # the model may train on CUDA
 
 
 def sparsity(model: nn.Module) -> float:

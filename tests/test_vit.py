@@ -108,3 +108,31 @@ def test_digits_vit_is_a_builtin_task(tmp_path) -> None:
     task = load_task("digits-vit", cache_dir=tmp_path)
     assert task.name == "digits-vit"
     assert task.example_inputs(2).shape == (2, 1, 32, 32)
+
+
+def _kept_rows(original: torch.Tensor, pruned: torch.Tensor) -> list[int]:
+    """Which rows of ``original`` survive in ``pruned`` (exact copies, in order)."""
+    return [int((original == row).all(dim=1).nonzero()[0]) for row in pruned]
+
+
+def test_head_pruning_computes_what_the_model_computes_without_those_heads() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    model = ViT(SMALL).eval()
+    pruned = prune_channels(model, torch.randn(1, 1, 16, 16), ratio=0.5)
+    masked = copy.deepcopy(model)
+    width = SMALL.embed_dim
+    for block, kept_block, reference in zip(
+        model.blocks, pruned.blocks, masked.blocks, strict=True
+    ):
+        rows = _kept_rows(block.attn.qkv.weight, kept_block.attn.qkv.weight)
+        kept_dims = {r for r in rows if r < width}  # the queries' rows, head by head
+        with torch.no_grad():
+            for dim in set(range(width)) - kept_dims:  # a dropped head adds nothing
+                reference.attn.proj.weight[:, dim] = 0
+            units = set(_kept_rows(block.mlp[0].weight, kept_block.mlp[0].weight))
+            for unit in set(range(SMALL.mlp_hidden)) - units:
+                reference.mlp[3].weight[:, unit] = 0
+    inputs = torch.randn(5, 1, 16, 16)
+    torch.testing.assert_close(pruned(inputs), masked(inputs), atol=1e-5, rtol=1e-4)
