@@ -1,8 +1,9 @@
 """Load test of `search serve`: throughput and p95 with dynamic batching off and on.
 
-The server is ``search.serve``'s app in a thread on a free 127.0.0.1 port (loopback
-only); the clients are coroutines on one aiohttp session in this process, each sending
-its requests one after another, so the offered load is set by how many run at once. The
+The server is ``search.serve``'s app in a process of its own on a free 127.0.0.1 port
+(loopback only); the clients are coroutines on one aiohttp session in this process, each
+sending its requests one after another, so the offered load is set by how many run at
+once. The
 cache is off and every request is a different test image, so the model runs for each.
 Bounded: a fixed number of requests per setting.
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,7 @@ def load_test(
             threads=threads,
         )
         for concurrency in clients:
-            served = ServedModel(model, model.stem, "file", "none")
-            with _running(build_app(served, settings)) as url:
+            with _running(model, settings) as url:
                 figures = asyncio.run(_drive(url, inputs, concurrency, requests))
             rows.append({"batching": batching, "clients": concurrency, **figures})
     return rows
@@ -95,31 +94,44 @@ def _items(metrics: dict[str, Any]) -> float:
     return (metrics["mean_batch_size"] or 0.0) * metrics["batches"]
 
 
-class _running:
-    """uvicorn serving ``app`` on a free loopback port in a thread, while in the block."""
+def _serve(model: str, settings: ServeSettings, port: int) -> None:
+    """The server process: ``search serve``'s app for ``model`` on 127.0.0.1:``port``."""
+    import uvicorn
 
-    def __init__(self, app: Any) -> None:
-        import uvicorn
+    served = ServedModel(Path(model), Path(model).stem, "file", "none")
+    uvicorn.run(build_app(served, settings), host="127.0.0.1", port=port, log_level="warning")
+
+
+class _running:
+    """The server in a process of its own (no GIL shared with the clients), while in the
+    block; stopped by terminating it."""
+
+    def __init__(self, model: Path, settings: ServeSettings) -> None:
+        import multiprocessing
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        context = multiprocessing.get_context("spawn")
+        self.process = context.Process(
+            target=_serve, args=(str(model), settings, self.port), daemon=True
+        )
 
     def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start in 30 s")
-            time.sleep(0.05)
+        self.process.start()
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if time.monotonic() > deadline or not self.process.is_alive():
+                raise RuntimeError("the server did not start in 60 s")
+            time.sleep(0.1)
         return f"http://127.0.0.1:{self.port}"
 
     def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.process.terminate()
+        self.process.join(timeout=10)
 
 
 def markdown(rows: list[dict[str, Any]], model: Path) -> str:

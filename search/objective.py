@@ -48,7 +48,9 @@ from techniques import (
 )
 
 FINETUNE_LR = 0.05  # SGD; a task that trains with AdamW (``task.optimizer``) is tuned with:
-FINETUNE_LR_ADAMW = 5e-4  # a quarter of the digits transformer's training peak
+# the digits transformer's training peak: pruned by 60%, ten epochs recovered 0.922
+# validation accuracy at 2e-3 against 0.911 at 5e-4 (unpruned 0.925)
+FINETUNE_LR_ADAMW = 2e-3
 MODEL_CACHE_SIZE = 4
 
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -221,20 +222,41 @@ def _quantize(
             "percentile": CalibrationMethod.Percentile,
         }
         activation = QuantType.QUInt8 if params.activation_type == "uint8" else QuantType.QInt8
-        quantize_static(
-            str(prepared),
-            str(output),
-            _CalibrationReader(calibration, samples),
-            quant_format=QuantFormat.QDQ,
-            per_channel=params.per_channel,
-            activation_type=activation,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[params.calibration],
-            reduce_range=params.reduce_range,
-            nodes_to_quantize=nodes,
-        )
+        with _without_axis_warnings():
+            quantize_static(
+                str(prepared),
+                str(output),
+                _CalibrationReader(calibration, samples),
+                quant_format=QuantFormat.QDQ,
+                per_channel=params.per_channel,
+                activation_type=activation,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[params.calibration],
+                reduce_range=params.reduce_range,
+                nodes_to_quantize=nodes,
+            )
     prepared.unlink(missing_ok=True)
     return Artifact(path=output, scheme=params.scheme)
+
+
+class _AxisWarnings(logging.Filter):
+    """Drops ONNX Runtime's "Axis 1 is out-of-range for weight" lines: per-channel
+    quantization meets a rank-1 weight (a LayerNorm's) and falls back to per-tensor, as it
+    should; the line says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is out-of-range for weight" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_axis_warnings() -> Iterator[None]:
+    root = logging.getLogger()
+    quiet = _AxisWarnings()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _to_fp16(source: Path, output: Path) -> None:
