@@ -49,7 +49,7 @@ def _config(home: Path) -> SearchConfig:
         ("prune", {"prune.ratio": 0.5}, "prune0.50"),
         ("quantize", {"quant.scheme": "int8-static"}, "int8s-pc-u8-r7-minmax"),
         ("lowrank", {"lowrank.rank_ratio": 0.25}, "lr0.25"),
-        ("distill", {"prune.ratio": 0.5, "distill.alpha": 0.5}, "kd4/0.5"),
+        ("distill", {"prune.ratio": 0.5, "distill.alpha": 0.5}, "kd1/0.5"),  # ema: T=1
         ("share", {"share.bits": 4}, "share4b"),
     ],
 )

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from search.workers import trial_shares
@@ -18,6 +19,7 @@ def test_trials_are_shared_out_evenly() -> None:
     assert trial_shares(None, 2) == [None, None]
 
 
+@pytest.mark.slow  # about 45 s: spawns two workers; run by scripts/test.sh --slow
 def test_two_workers_run_one_study_without_losing_or_repeating_a_trial(
     tmp_path, tiny_task
 ) -> None:
