@@ -2,7 +2,7 @@
 
 The model is the ONNX file registered under ``models:/<name>@<alias>`` (``champion`` by
 default), run by ONNX Runtime exactly as it was measured: its recorded session settings
-are honoured (``search.runtime.open_session``). FastAPI answers, uvicorn serves, bound to
+are honoured (``search.runtime.onnxruntime_predictor``). FastAPI answers, uvicorn serves, bound to
 127.0.0.1 unless told otherwise.
 
 * ``POST /predict`` with ``{"inputs": [...]}``: one item of the model's input shape, or a
@@ -118,19 +118,17 @@ def parse_inputs(payload: Any, item_shape: tuple[int, ...]) -> np.ndarray:
 
 def build_app(model: ServedModel, settings: ServeSettings) -> FastAPI:
     """The FastAPI application serving ``model``; the batcher lives on its event loop."""
-    from search.runtime import INPUT_NAME, OUTPUT_NAME, open_session
+    from search.runtime import onnxruntime_predictor
 
-    session = open_session(model.path, threads=settings.threads)
+    # the same predictor evaluation and latency use: session settings, provider check
+    predictor = onnxruntime_predictor(model.path, threads=settings.threads)
     shape = input_shape(model.path)
     item_shape = tuple(int(d or 1) for d in shape[1:])
     stats = ServeStats()
     cache = ResultCache(settings.cache_size)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-
     batcher = DynamicBatcher(
-        predict, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, stats=stats
+        predictor.run, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, stats=stats
     )
 
     @contextlib.asynccontextmanager
