@@ -104,6 +104,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
         assert run.data.tags["on_front"] == str(int(run.data.tags[TRIAL_TAG]) in front)
 
 
+@pytest.mark.slow  # a whole two-trial search at batch 4; run by scripts/test.sh --slow
 def test_the_throughput_objective_records_items_per_second(home, tiny_task) -> None:
     config = config_for(home, objective="throughput", batch_size=4, trials=2)
     result = run_search(config, task=tiny_task)
