@@ -205,14 +205,24 @@ def fixing_sampler(
 
 
 def constrain_references(
-    trials: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], fixed: Mapping[str, Any]
+    trials: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    fixed: Mapping[str, Any],
+    off: Iterable[str] = (),
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The reference trials with the user's fixes taking precedence, duplicates dropped.
 
     The baseline is kept as it is: it is the uncompressed model every ratio is against.
+    A reference of a lever that is ``off`` is dropped, and so is a combined one that the
+    ``off`` levers leave with a single lever: each would repeat another trial.
     """
+    off_levers = set(off)
     kept: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for params, attrs in trials:
+        if not attrs.get("baseline"):
+            levers = str(attrs.get("reference", "")).split("+")
+            left = [lever for lever in levers if lever not in off_levers]
+            if not left or (len(levers) > 1 and len(left) == 1):
+                continue
         constrained = dict(params) if attrs.get("baseline") else {**params, **fixed}
         if all(constrained != other for other, _ in kept):
             kept.append((constrained, dict(attrs)))

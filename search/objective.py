@@ -31,6 +31,7 @@ import optuna
 import torch
 from torch import nn
 
+from search.escalation import escalate_reference
 from search.latency import MIN_REPEATS, LatencyStats, measure_latency, measurement_lock
 from search.phases import PhaseClock
 from search.runtime import Artifact, compact_names, graph_signature
@@ -73,6 +74,7 @@ class TrialSettings:
     # threads for evaluation (accuracy only; latency uses ``threads``): this process's share
     eval_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     layer_caps: Mapping[str, float] = field(default_factory=dict)  # --use-sensitivity
+    fixed_names: frozenset[str] = frozenset()  # parameters the user pinned (--fix / --off)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ class TrialObjective:
             return self._reuse(trial, duplicate, run_id)
         try:
             values = self._run(trial, plan, ctx, run_id)
+            over_budget_ms = values[1] - self.settings.latency_budget_ms
+            escalate_reference(trial, over_budget_ms, self.settings.fixed_names)
         except BaseException as error:
             reason = f"{type(error).__name__}: {error}"
             trial.set_user_attr("fail_reason", reason)

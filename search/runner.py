@@ -119,7 +119,7 @@ def run_search(
             config = replace(
                 config, latency_budget_ms=_relative_budget(config, task, base_artifact)
             )
-    references = constrain_references(reference_trials(ctx), fixed)
+    references = constrain_references(reference_trials(ctx), fixed, config.levers.off)
     if not config.references:  # the baseline stays: every ratio is against it
         references = references[:1]
     study = open_study(config, task.name, references, fixed)
@@ -248,6 +248,7 @@ def trial_settings(
         options=prepared.ctx.options,
         runtime=config.runtime,
         layer_caps=prepared.ctx.layer_caps,
+        fixed_names=frozenset(prepared.fixed),
     )
 
 

@@ -100,6 +100,18 @@ def test_references_obey_fixes_but_the_baseline_stays_uncompressed(ctx) -> None:
     assert len({tuple(sorted(p.items())) for p, _ in trials}) == len(trials)  # no duplicates
 
 
+def test_references_of_levers_that_are_off_are_dropped(ctx) -> None:
+    everything = [a["reference"] for _, a in constrain_references(reference_trials(ctx), {})]
+    assert "prune" in everything and "quant" in everything
+    kept = [a["reference"] for _, a in constrain_references(reference_trials(ctx), {}, ["quant"])]
+    assert "quant" not in kept and "prune" in kept and "baseline" in kept
+    assert not [name for name in kept if "quant" in name.split("+")]
+    only_prune = [n for n in everything if n not in ("baseline", "prune")]
+    off = {lever for name in only_prune for lever in name.split("+")} - {"prune"}
+    kept = [a["reference"] for _, a in constrain_references(reference_trials(ctx), {}, off)]
+    assert kept == ["baseline", "prune"]  # the combination would be pruning alone again
+
+
 def test_every_parameter_says_off_or_not_applicable(ctx, space) -> None:
     trial = optuna.trial.FixedTrial(
         {"prune.ratio": 0.0, "lowrank.rank_ratio": 0.0, "quant.scheme": "fp16"}

@@ -1,0 +1,51 @@
+"""A pruning reference over the budget is tried again one step stronger, up to the range."""
+
+import optuna
+import pytest
+from test_end_to_end import config_for, finished
+
+from search.escalation import stronger_params
+from search.levers import LeverSettings
+from search.runner import run_search
+from techniques.pruning import MAX_RATIO
+
+
+def test_one_step_stronger_until_the_end_of_the_range() -> None:
+    params = {"prune.ratio": 0.5, "quant.scheme": "int8"}
+    assert stronger_params(params) == {"prune.ratio": 0.6, "quant.scheme": "int8"}
+    assert stronger_params({"prune.ratio": 0.65}) == {"prune.ratio": MAX_RATIO}
+    assert stronger_params({"prune.ratio": MAX_RATIO}) is None
+
+
+def test_a_lever_that_is_off_or_pinned_is_never_escalated() -> None:
+    assert stronger_params({"prune.ratio": 0.0, "quant.scheme": "int8"}) is None
+    assert stronger_params({"prune.ratio": 0.5}, fixed={"prune.ratio"}) is None
+
+
+def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(
+    home, tiny_task
+) -> None:
+    """A budget nothing meets: pruning 50%, then 60%, then 70%, each stopped early."""
+    levers = LeverSettings(off=("width", "lowrank", "lora", "quant"))
+    config = config_for(home, trials=4, latency_budget_ms=0.0001, levers=levers)
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    pruning = [t for t in finished(study) if t.user_attrs.get("reference") == "prune"]
+    assert [t.params["prune.ratio"] for t in pruning] == pytest.approx([0.5, 0.6, MAX_RATIO])
+    first, *escalated = pruning
+    assert "escalated_from" not in first.user_attrs
+    assert [t.user_attrs["escalated_from"] for t in escalated] == [first.number, pruning[1].number]
+    for trial in pruning:
+        assert trial.user_attrs["accuracy_kind"] == "before fine-tuning"
+        others = {k: v for k, v in trial.params.items() if k != "prune.ratio"}
+        assert others == {k: v for k, v in first.params.items() if k != "prune.ratio"}
+    # the end of the range: nothing more enqueued
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+
+
+def test_a_reference_within_the_budget_is_not_escalated(home, tiny_task) -> None:
+    levers = LeverSettings(off=("width", "lowrank", "lora", "quant"))
+    config = config_for(home, trials=3, latency_budget_ms=1000.0, levers=levers)
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    assert not [t for t in study.trials if "escalated_from" in t.user_attrs]
