@@ -1,6 +1,6 @@
 """``python -m benchmarks run`` writes the results file; ``compare`` checks two of them.
 
-python -m benchmarks run [--quick] [--device cpu|cuda] [--seeds 0 1 2] ...
+python -m benchmarks run [--quick] [--device cpu|cuda] [--seeds 0 1 2] [--search-seeds 0 1 2] ...
 python -m benchmarks compare benchmarks/results/A.json benchmarks/results/B.json
 python -m benchmarks serve-load [--model FILE.onnx] [--requests 400] [--clients 1 8 32]
 """
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, nargs="+", help="efficiency runs per arm")
     run.add_argument("--arm-seconds", type=float, help="wall time per efficiency run")
     run.add_argument("--search-trials", type=int, help="trials per compression search")
+    run.add_argument("--search-seeds", type=int, nargs="+", help="compression searches per budget")
     run.add_argument("--rounds", type=int, help="side-by-side latency rounds")
     run.add_argument("--work", type=Path, help="work folder (default benchmarks/work/<time>)")
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
@@ -62,6 +63,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "seeds": tuple(args.seeds) if args.seeds else None,
         "arm_seconds": args.arm_seconds,
         "search_trials": args.search_trials,
+        "search_seeds": tuple(args.search_seeds) if args.search_seeds else None,
         "rounds": args.rounds,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})

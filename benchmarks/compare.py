@@ -4,10 +4,11 @@ A ranking is only claimed where the spread allows it: two entries whose interval
 (×faster min–max over rounds; median hypervolume's min–max over seeds) are tied, and the
 runs agree when no pair is ordered one way, apart, in one run and the other way, apart, in
 the other. Rankings: the models by ×faster and by ×smaller, the efficiency arms by
-hypervolume. Ratios: each model's ×faster intervals must overlap between the two runs,
-and its ×smaller and test accuracy must be equal (they are properties of the same file);
-a model found by a search may differ between runs, and is then reported as such rather
-than compared.
+hypervolume. Ratios: each fixed model's ×faster intervals must overlap between the two
+runs, and its ×smaller and test accuracy must be equal (they are properties of the same
+file). A model found by a search differs from seed to seed and run to run: the searches'
+best models are ranked by their range over seeds, and each run's median ×faster, ×smaller
+and test Δ must lie within the other run's min–max over seeds.
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ def agreement(first: Path, second: Path) -> tuple[bool, list[str]]:
         lines.append(f"{what}: {'same' if not clashes else 'DIFFERENT'} ranking")
         lines += [f"  first:  {ordering(one)}", f"  second: {ordering(two)}"]
         lines += [f"  {x} against {y}: opposite orders, apart in both" for x, y in clashes]
-    b_models = {_kind(m["name"]): m for m in b["models"]}
+    for share in sorted(set(_searched(a)) & set(_searched(b))):
+        for key, (one, two) in _paired(_searched(a)[share], _searched(b)[share]).items():
+            within = one[1] <= two[0] <= one[2] and two[1] <= one[0] <= two[2]
+            ok &= within
+            lines.append(
+                f"best at {share}, {key}: median {one[0]:.2f} ({one[1]:.2f}–{one[2]:.2f}) vs "
+                f"{two[0]:.2f} ({two[1]:.2f}–{two[2]:.2f}) "
+                f"({'each within the other' if within else 'OUTSIDE the other'})"
+            )
+    b_models = {_kind(m["name"]): m for m in b["models"] if not _is_searched(m["name"])}
     for model in a["models"]:
         other = b_models.get(_kind(model["name"]))
-        if other is None:
+        if other is None or _is_searched(model["name"]):
             continue
         _, low, high = model["faster"]
         _, other_low, other_high = other["faster"]
@@ -87,15 +97,48 @@ def _order(x: Interval, y: Interval) -> int:
 
 
 def _model_intervals(results: dict[str, Any], key: str) -> dict[str, Interval]:
-    """Each model's interval: ×faster's min–max over rounds; ×smaller is exact."""
-    found = {}
+    """Each model's interval: ×faster's min–max over rounds; ×smaller is exact. The best
+    models of one budget's searches (one per seed) are one entry spanning all of them."""
+    found: dict[str, Interval] = {}
     for model in results["models"]:
         value = model[key]
-        if isinstance(value, list):
-            found[_kind(model["name"])] = (float(value[1]), float(value[2]))
-        else:
-            found[_kind(model["name"])] = (float(value), float(value))
+        low, high = (value[1], value[2]) if isinstance(value, list) else (value, value)
+        kind = _kind(model["name"])
+        known = found.get(kind, (float(low), float(high)))
+        found[kind] = (min(known[0], float(low)), max(known[1], float(high)))
     return found
+
+
+Figures = dict[str, tuple[float, float, float]]  # figure -> (median, min, max)
+
+
+def _searched(results: dict[str, Any]) -> dict[str, Figures]:
+    """Per budget, the searches' best models over the seeds. A results file from before
+    seeds were searched has one best model: its ×faster spans its rounds."""
+    found: dict[str, Figures] = {}
+    for share, budget in results["compression"].items():
+        summary = budget.get("summary")
+        if summary is not None:
+            keys = ("faster", "smaller", "test_delta_points")
+            found[share] = {k: tuple(summary[k]) for k in keys if k in summary}  # type: ignore[misc]
+            continue
+        for model in results["models"]:
+            if _kind(model["name"]) == f"best at {share}":
+                delta = float(model["accuracy_delta_points"])
+                found[share] = {
+                    "faster": tuple(model["faster"]),  # type: ignore[dict-item]
+                    "smaller": (model["smaller"],) * 3,
+                    "test_delta_points": (delta, delta, delta),
+                }
+    return found
+
+
+def _paired(one: Figures, two: Figures) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    return {key: (one[key], two[key]) for key in one if key in two}
+
+
+def _is_searched(name: str) -> bool:
+    return name.startswith("best at ")
 
 
 def _arm_intervals(results: dict[str, Any]) -> dict[str, Interval]:
@@ -105,5 +148,5 @@ def _arm_intervals(results: dict[str, Any]) -> dict[str, Interval]:
 
 
 def _kind(name: str) -> str:
-    """A model's role without its trial number, which differs between runs."""
-    return name.split(" (trial")[0]
+    """A model's role without its seed and trial number, which differ between runs."""
+    return name.split(" (trial")[0].split(", seed ")[0]

@@ -62,39 +62,7 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
             f"{faster:.2f} ({low:.2f}–{high:.2f}) | {row['size_bytes'] / 1e3:.1f} | "
             f"{row['smaller']:.2f} | {fewer} |"
         )
-    lines += ["", "Searches (TPE with references and latency first, seed 0):", ""]
-    for share, entry in results["compression"].items():
-        found = (
-            f"best feasible: trial {entry['trial']} `{_params(entry['params'])}`"
-            if "trial" in entry
-            else "no feasible trial"
-        )
-        lines.append(
-            f"- {share} ({entry['budget_ms']:.4f} ms): {entry['trials']} trials, "
-            f"{entry['feasible']} feasible; {found}"
-        )
-        candidates = entry.get("candidates", [])
-        if candidates:
-            base_test = results["models"][0]["test_accuracy"]
-            lines += [
-                "",
-                "  | trial | validation (Δ points) | test (Δ points) | ×faster | ×smaller |",
-                "  |---|---|---|---|---|",
-            ]
-            for c in candidates:
-                lines.append(
-                    f"  | {c['trial']} | {c['accuracy']:.4f} "
-                    f"({c['delta_points']:+.2f}) | {c['test_accuracy']:.4f} "
-                    f"({100 * (c['test_accuracy'] - base_test):+.2f}) | {c['faster']:.2f} | "
-                    f"{c['smaller']:.2f} |"
-                )
-            lines.append("")
-        for what, n in entry.get("nearest", {}).items():
-            lines.append(
-                f"  - {what}: trial {n['trial']}, {n['accuracy']:.4f} ({n['delta_points']:+.2f} "
-                f"points) at {n['p50_ms']:.4f} ms, {n['faster']:.2f}× faster, "
-                f"{n['smaller']:.2f}× smaller"
-            )
+    lines += _searches(results)
     lines += [
         "",
         '"Best" is the feasible trial (under the budget, within one point of the baseline '
@@ -167,6 +135,80 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         )
     lines += ["", f"Work folder (Optuna and MLflow stores): `{results['work_folder']}`", ""]
     return "\n".join(lines)
+
+
+def _searches(results: dict[str, Any]) -> list[str]:
+    """Each budget's searches: the best model over the seeds, then each search's trials."""
+    seeds = ", ".join(str(s) for s in results["plan"].get("search_seeds", [0]))
+    lines = [
+        "",
+        f"Searches (TPE with references and latency first), one per seed ({seeds}) and "
+        "budget; the best model of each is in the table above. Over the seeds, median "
+        "(min–max) of each best model's figures:",
+        "",
+        "| budget | searches with a feasible model | ×faster | ×smaller | test Δ points |",
+        "|---|---|---|---|---|",
+    ]
+    for share, budget in results["compression"].items():
+        summary = budget.get("summary", {})
+        cells = [
+            _spread(summary[key], signed=key == "test_delta_points") if key in summary else "–"
+            for key in ("faster", "smaller", "test_delta_points")
+        ]
+        lines.append(
+            f"| {share} ({budget['budget_ms']:.4f} ms) | {summary.get('found', 0)} of "
+            f"{summary.get('seeds', len(budget['seeds']))} | " + " | ".join(cells) + " |"
+        )
+    lines.append("")
+    base_test = results["models"][0]["test_accuracy"]
+    for share, budget in results["compression"].items():
+        for entry in budget["seeds"]:
+            lines += _search_lines(share, budget["budget_ms"], entry, base_test)
+    return lines
+
+
+def _search_lines(
+    share: str, budget_ms: float, entry: dict[str, Any], base_test: float
+) -> list[str]:
+    """One search: counts, its pick, its feasible trials on test, or its nearest misses."""
+    found = (
+        f"best feasible: trial {entry['trial']} `{_params(entry['params'])}`"
+        if "trial" in entry
+        else "no feasible trial"
+    )
+    lines = [
+        f"- {share} ({budget_ms:.4f} ms), seed {entry['seed']}: {entry['trials']} trials, "
+        f"{entry['feasible']} feasible; {found}"
+    ]
+    candidates = entry.get("candidates", [])
+    if candidates:
+        lines += [
+            "",
+            "  | trial | validation (Δ points) | test (Δ points) | ×faster | ×smaller |",
+            "  |---|---|---|---|---|",
+        ]
+        for c in candidates:
+            lines.append(
+                f"  | {c['trial']} | {c['accuracy']:.4f} "
+                f"({c['delta_points']:+.2f}) | {c['test_accuracy']:.4f} "
+                f"({100 * (c['test_accuracy'] - base_test):+.2f}) | {c['faster']:.2f} | "
+                f"{c['smaller']:.2f} |"
+            )
+        lines.append("")
+    for what, n in entry.get("nearest", {}).items():
+        lines.append(
+            f"  - {what}: trial {n['trial']}, {n['accuracy']:.4f} ({n['delta_points']:+.2f} "
+            f"points) at {n['p50_ms']:.4f} ms, {n['faster']:.2f}× faster, "
+            f"{n['smaller']:.2f}× smaller"
+        )
+    return lines
+
+
+def _spread(figures: list[float], *, signed: bool = False) -> str:
+    """``median (min–max)``."""
+    form = "{:+.2f}" if signed else "{:.2f}"
+    median, low, high = (form.format(x) for x in figures)
+    return f"{median} ({low} to {high})" if signed else f"{median} ({low}–{high})"
 
 
 def plot_hypervolume(efficiency: dict[str, Any], path: Path) -> None:

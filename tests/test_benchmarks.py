@@ -140,7 +140,7 @@ def test_results_never_overwrite_an_earlier_run(tmp_path) -> None:
     assert results_stem(tmp_path, quick=True, today=day).name == "2026-11-24-quick"
 
 
-def _results(faster_student: float, hv_random: float) -> dict:
+def _results(faster_student: float, hv_random: float, best=(2.2, 2.0, 3.0)) -> dict:
     def model(name, faster, size):
         return {
             "name": name,
@@ -173,15 +173,29 @@ def _results(faster_student: float, hv_random: float) -> dict:
         "compression": {
             "0.5x": {
                 "budget_ms": 0.3,
-                "trials": 5,
-                "feasible": 1,
-                "trial": 1,
-                "params": {"prune.ratio": 0.5},
+                "seeds": [
+                    {
+                        "seed": 0,
+                        "trials": 5,
+                        "feasible": 1,
+                        "trial": 3,
+                        "params": {"prune.ratio": 0.5},
+                        "name": "best at 0.5x, seed 0 (trial 3)",
+                    },
+                    {"seed": 1, "trials": 5, "feasible": 0, "nearest": {}},
+                ],
+                "summary": {
+                    "seeds": 2,
+                    "found": 1,
+                    "faster": list(best),
+                    "smaller": [5.0, 4.0, 6.0],
+                    "test_delta_points": [-0.5, -1.0, 0.0],
+                },
             }
         },
         "models": [
             model("baseline", 1.0, 1_000_000),
-            model("best at 0.5x (trial 3)", 2.2, 200_000),
+            model("best at 0.5x, seed 0 (trial 3)", 2.2, 200_000),
             model("student", faster_student, 300_000),
         ],
         "efficiency": {
@@ -220,11 +234,28 @@ def test_two_runs_agree_when_rankings_match_and_spreads_overlap(tmp_path) -> Non
     assert not ok and any("DIFFERENT" in line for line in lines)
 
 
+def test_searched_models_agree_when_each_median_lies_within_the_other_runs_seeds(
+    tmp_path,
+) -> None:
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_results(1.5, 0.1, best=(2.2, 2.0, 3.0))))
+    b.write_text(json.dumps(_results(1.5, 0.1, best=(2.6, 2.1, 2.9))))
+    c.write_text(json.dumps(_results(1.5, 0.1, best=(3.5, 2.1, 4.0))))  # median above a's
+    ok, lines = agreement(a, b)
+    assert ok and "best at 0.5x, faster: median 2.20 (2.00–3.00) vs 2.60" in "\n".join(lines)
+    ok, lines = agreement(a, c)
+    assert not ok and any("faster" in line and "OUTSIDE" in line for line in lines)
+
+
 def test_the_markdown_names_the_command_and_the_ratio() -> None:
     text = render_markdown(_results(faster_student=1.5, hv_random=0.25), "plot.png")
     assert "`python -m benchmarks run`" in text
     assert "default against random without latency first: 2.00×" in text
-    assert "| best at 0.5x (trial 3) (fp32) | 0.9900 (+0.00) | 0.3000 | 2.20 (2.15–2.25)" in text
+    assert (
+        "| best at 0.5x, seed 0 (trial 3) (fp32) | 0.9900 (+0.00) | 0.3000 | 2.20 (2.15–2.25)"
+        in text
+    )
+    assert "| 0.5x (0.3000 ms) | 1 of 2 | 2.20 (2.00–3.00) | 5.00 (4.00–6.00) | -0.50" in text
 
 
 def test_the_sampler_is_chosen_by_name() -> None:

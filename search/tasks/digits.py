@@ -86,7 +86,10 @@ def load_digits_splits(config: DigitsConfig) -> dict[Split, TensorDataset]:
 # near the CNN's; AdamW from scratch, as transformers need.
 VIT_CONFIG = DigitsConfig(
     model=ViTConfig(),
-    epochs=40,
+    # trained to its plateau: validation 0.925 at 40 epochs, 0.942 at 80, 0.933 at 120 (test
+    # 0.928, 0.956, 0.956). At 40 a pruned model fine-tuned ten more epochs beat its own
+    # baseline, which would credit compression with what was only more training.
+    epochs=80,
     lr=2e-3,
     batch_size=64,  # (image_size 32: 8x8 patches)
 )
