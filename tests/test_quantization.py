@@ -86,3 +86,24 @@ def test_each_runtime_offers_only_the_formats_it_runs(
     Quantization().space(trial, ctx)
     offered = trial.distributions["quant.scheme"].choices  # type: ignore[attr-defined]
     assert set(offered) == expected
+
+
+def test_a_draft_is_calibrated_by_min_max_whatever_the_trial_s_method(
+    fp32, tiny_task, tmp_path
+) -> None:
+    """A draft is only timed: min-max gives the same QDQ graph (so the same latency), and
+    the histogram methods failed whole trials on collapsed drafts ("Too many bins")."""
+    from dataclasses import replace
+
+    from search.runtime import graph_signature
+    from techniques.base import Context
+    from techniques.quantization import Quantization
+
+    artifact, _ = fp32
+    params = QuantParams("int8-static", calibration="entropy")
+    ctx = Context(tiny_task, "cpu", tmp_path, tiny_task.build_model())
+    final = Quantization().apply(artifact, params, ctx)
+    draft = Quantization().apply(artifact, params, replace(ctx, draft=True))
+    assert final.path.name.endswith("-entropy.onnx")
+    assert draft.path.name.endswith("-minmax.onnx")
+    assert graph_signature(draft) == graph_signature(final)
