@@ -379,7 +379,9 @@ def pareto_command(
         return
     budget = loaded.user_attrs.get("latency_budget_ms")
     title = f"Pareto front of {loaded.study_name}" + (f" (budget {budget:g} ms)" if budget else "")
-    Console().print(front_table(rows, title) if rows else "no feasible trial yet")
+    throughput = loaded.user_attrs.get("objective") == "throughput"
+    table = front_table(rows, title, show_throughput=throughput)
+    Console().print(table if rows else "no feasible trial yet")
 
 
 @app.command(name="promote")

@@ -91,17 +91,16 @@ def front_table(
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("#", justify="right")
     table.add_column("candidate", overflow="fold", min_width=10, ratio=1)
-    # p95 and the rest are in pareto.csv and MLflow; the table must fit 80 columns.
-    for column in ("acc", "Δ pts", "p50 ms", "faster", "MB", "smaller", "MMACs"):
+    # p95 and the rest are in pareto.csv and MLflow; the table must fit 80 columns, so a
+    # throughput study shows items/s where the others show MMACs (rich drew nothing but
+    # "..." at 80 columns with both).
+    last = "items/s" if show_throughput else "MMACs"
+    for column in ("acc", "Δ pts", "p50 ms", "faster", "MB", "smaller", last):
         table.add_column(column, justify="right", no_wrap=True)
     if show_over_budget:
         table.add_column("over ms", justify="right", no_wrap=True)
-    if show_throughput:
-        table.add_column("items/s", justify="right", no_wrap=True)
     for row in rows:
         over = [f"{row.over_budget_ms:+.3f}"] if show_over_budget else []
-        if show_throughput:
-            over.append(_ratio(row.throughput_per_s, fmt="{:.0f}"))
         table.add_row(
             str(row.number),
             row.name.split(" ", 1)[-1],
@@ -111,7 +110,9 @@ def front_table(
             _ratio(row.speedup, fmt="{:.2f}×"),
             f"{row.size_mb:.3f}",
             _ratio(row.shrink, fmt="{:.2f}×"),
-            f"{row.macs / 1e6:.1f}",
+            _ratio(row.throughput_per_s, fmt="{:.0f}")
+            if show_throughput
+            else f"{row.macs / 1e6:.1f}",
             *over,
         )
     return table

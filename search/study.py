@@ -178,6 +178,8 @@ def open_study(
         for key, value in identity.items():
             study.set_user_attr(key, value)
         study.set_user_attr("hardware", hardware)
+        # what its front is shown by (``search pareto``); not identity: the same p50 is kept
+        study.set_user_attr("objective", config.objective)
         for params, user_attrs in first_trials:
             study.enqueue_trial(dict(params), user_attrs=dict(user_attrs))
     return study

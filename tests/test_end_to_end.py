@@ -105,7 +105,9 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
 
 
 @pytest.mark.slow  # a whole two-trial search at batch 4; run by scripts/test.sh --slow
-def test_the_throughput_objective_records_items_per_second(home, tiny_task) -> None:
+def test_the_throughput_objective_records_items_per_second(home, tiny_task, capsys) -> None:
+    from search.cli import pareto_command
+
     config = config_for(home, objective="throughput", batch_size=4, trials=2)
     result = run_search(config, task=tiny_task)
     assert result.study_name.endswith("-throughput-b4")
@@ -114,6 +116,10 @@ def test_the_throughput_objective_records_items_per_second(home, tiny_task) -> N
         p50 = trial.user_attrs["latency_p50_ms"]
         assert trial.user_attrs["throughput_per_s"] == pytest.approx(4 * 1000 / p50)
     assert result.front and all(row.throughput_per_s for row in result.front)
+    assert study.user_attrs["objective"] == "throughput"
+    capsys.readouterr()
+    pareto_command(study=result.study_name, storage=config.storage_url)
+    assert "items/s" in capsys.readouterr().out
 
 
 def test_no_feasible_trial_reports_the_nearest(home, tiny_task) -> None:
