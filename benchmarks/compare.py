@@ -36,8 +36,9 @@ def agreement(first: Path, second: Path) -> tuple[bool, list[str]]:
         lines.append(f"{what}: {'same' if not clashes else 'DIFFERENT'} ranking")
         lines += [f"  first:  {ordering(one)}", f"  second: {ordering(two)}"]
         lines += [f"  {x} against {y}: opposite orders, apart in both" for x, y in clashes]
-    for share in sorted(set(_searched(a)) & set(_searched(b))):
-        for key, (one, two) in _paired(_searched(a)[share], _searched(b)[share]).items():
+    searched_a, searched_b = _searched(a), _searched(b)
+    for share in sorted(set(searched_a) & set(searched_b)):
+        for key, (one, two) in _paired(searched_a[share], searched_b[share]).items():
             within = one[1] <= two[0] <= one[2] and two[1] <= one[0] <= two[2]
             ok &= within
             lines.append(
