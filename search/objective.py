@@ -53,6 +53,7 @@ FINETUNE_LR = 0.05  # SGD; a task that trains with AdamW (``task.optimizer``) is
 # validation accuracy at 2e-3 against 0.911 at 5e-4 (unpruned 0.925)
 FINETUNE_LR_ADAMW = 2e-3
 MODEL_CACHE_SIZE = 4
+REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ class TrialObjective:
                 TRIAL_TAG: str(trial.number),
                 STUDY_TAG: self.link.study_name,
                 "host": socket.gethostname(),
+                # a reference trial, and the one it escalates, are findable in the MLflow UI
+                **{k: str(trial.user_attrs[k]) for k in REFERENCE_TAGS if k in trial.user_attrs},
             },
         )
         trial.set_user_attr("mlflow_run_id", run_id)

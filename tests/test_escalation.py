@@ -2,6 +2,7 @@
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from test_end_to_end import config_for, finished
 
 from search.escalation import stronger_params
@@ -39,6 +40,9 @@ def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(
         assert trial.user_attrs["accuracy_kind"] == "before fine-tuning"
         others = {k: v for k, v in trial.params.items() if k != "prune.ratio"}
         assert others == {k: v for k, v in first.params.items() if k != "prune.ratio"}
+    client = MlflowClient(tracking_uri=config.mlflow_uri)
+    tags = client.get_run(pruning[1].user_attrs["mlflow_run_id"]).data.tags
+    assert tags["reference"] == "prune" and tags["escalated_from"] == str(first.number)
     # the end of the range: nothing more enqueued
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
 
