@@ -90,13 +90,20 @@ def onnx_bytes(path: Path, batch_size: int = 1) -> int:
     """Weights plus every intermediate tensor once, from ONNX shape inference.
 
     The float outputs of DequantizeLinear are left out: ONNX Runtime fuses a QDQ pair into
-    its integer kernel, so those tensors never exist.
+    its integer kernel, so those tensors never exist. A weight stored in fp16 and cast when
+    the file loads (``fp16-weights``) counts once, as the float32 tensor its Cast leaves.
     """
     import onnx
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    stored = {t.name for t in model.graph.initializer}
+    cast_at_load = {
+        n.input[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in stored
+    }
     weights = sum(
-        int(np.prod(t.dims)) * _element_bytes(t.data_type) for t in model.graph.initializer
+        int(np.prod(t.dims)) * _element_bytes(t.data_type)
+        for t in model.graph.initializer
+        if t.name not in cast_at_load
     )
     dequantized = {
         o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output

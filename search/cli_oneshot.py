@@ -156,7 +156,10 @@ def quantize(
     scheme: Annotated[
         str | None,
         typer.Option(
-            help="fp16, int8-static (default), int8-dynamic or int8-qat (bf16 where it runs)."
+            help=(
+                "fp16, fp16-weights, int8-static (default), int8-dynamic or int8-qat "
+                "(bf16 where it runs)."
+            )
         ),
     ] = None,
     per_channel: Annotated[

@@ -35,7 +35,7 @@ from search.escalation import escalate_reference
 from search.latency import MIN_REPEATS, LatencyStats, measure_latency, measurement_lock
 from search.phases import PhaseClock
 from search.runtime import Artifact, compact_names, graph_signature
-from search.runtimes import ONNXRUNTIME, evaluate, export
+from search.runtimes import ONNXRUNTIME, evaluate, export, formats
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
 from search.task import Task
 from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
@@ -165,7 +165,13 @@ class TrialObjective:
         try:
             values = self._run(trial, plan, ctx, run_id)
             over_budget_ms = values[1] - self.settings.latency_budget_ms
-            escalate_reference(trial, over_budget_ms, self.settings.fixed_names)
+            escalate_reference(
+                trial,
+                over_budget_ms,
+                feasible=over_budget_ms <= 0 and values[0] >= self.settings.accuracy_floor,
+                fixed=self.settings.fixed_names,
+                formats=formats(self.settings.runtime, self.settings.device),
+            )
         except BaseException as error:
             reason = f"{type(error).__name__}: {error}"
             trial.set_user_attr("fail_reason", reason)

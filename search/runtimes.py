@@ -42,8 +42,8 @@ def formats(runtime: str, device: str) -> tuple[str, ...]:
     """The number formats ``runtime`` can run on ``device`` (``quant.scheme`` values)."""
     if runtime == ONNXRUNTIME:
         if device == "cuda":  # no CUDA kernel for int8-dynamic's ConvInteger
-            return ("fp32", "fp16", "int8-static", "int8-qat")
-        return ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-qat")
+            return ("fp32", "fp16", "fp16-weights", "int8-static", "int8-qat")
+        return ("fp32", "fp16", "fp16-weights", "int8-dynamic", "int8-static", "int8-qat")
     return ("fp32", "fp16", "bf16") if device == "cuda" else ("fp32",)
 
 

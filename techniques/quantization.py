@@ -2,6 +2,8 @@
 
 Schemes: ``fp32`` (the lever off); ``fp16`` and ``bf16`` (weights and arithmetic in half
 precision, inputs and outputs kept float32; bf16 only for the PyTorch runtimes on CUDA);
+``fp16-weights`` (ONNX Runtime: weights stored in half precision, arithmetic in float32;
+see ``to_fp16_weights``);
 ``int8-dynamic`` (weights int8, activations quantized on the fly); ``int8-static`` (QDQ,
 activation ranges calibrated on training data, per-tensor or per-channel weights);
 ``int8-qat`` (the same QDQ graph, but the recovery fine-tune ran through fake quantization
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     import optuna
     from torch.utils.data import DataLoader
 
-SCHEMES = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int8-qat")
+SCHEMES = ("fp32", "fp16", "fp16-weights", "bf16", "int8-dynamic", "int8-static", "int8-qat")
 HALF = ("fp16", "bf16")
 INT8_QDQ = ("int8-static", "int8-qat")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -55,6 +57,9 @@ CALIBRATION_SAMPLES = 256
 # histogram methods fail on an untrained draft whose activations are all but constant
 # (ONNX Runtime: "Too many bins for data range"), which failed the whole trial.
 DRAFT_CALIBRATION_SAMPLES = 64
+# fp16-weights stores float initializers of at least this many values in half precision;
+# smaller ones (a Clip's bounds, a Resize's scales) would save nothing but a Cast node.
+FP16_WEIGHTS_MIN_VALUES = 16
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class QuantParams:
         """Short human name for run names and tables, e.g. ``int8s-pc-u8``."""
         if self.scheme in ("fp32", *HALF):
             return self.scheme
+        if self.scheme == "fp16-weights":
+            return "w16"
         if self.scheme == "int8-dynamic":
             return "int8d"
         granularity = "pc" if self.per_channel else "pt"
@@ -182,7 +189,7 @@ def quantize(
     if artifact.format == "torch":
         if params.scheme not in HALF:
             raise TechniqueError(
-                f"quant.scheme={params.scheme}: int8 runs through ONNX Runtime; "
+                f"quant.scheme={params.scheme} runs through ONNX Runtime; "
                 "a PyTorch program takes fp16 or bf16"
             )
         from search.torch_runtime import to_half
@@ -190,6 +197,10 @@ def quantize(
         return to_half(artifact, params.scheme)
     if params.scheme == "bf16":
         raise TechniqueError("quant.scheme=bf16 is offered for the PyTorch runtimes only")
+    if params.scheme == "fp16-weights":
+        output = artifact.path.with_suffix(f".{params.label}.onnx")
+        to_fp16_weights(artifact.path, output)
+        return Artifact(path=output, scheme=params.scheme)
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
         return _quantize(artifact, params, calibration, samples, nodes)
 
@@ -271,6 +282,52 @@ def _to_fp16(source: Path, output: Path) -> None:
 
     half = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     onnx.save(half, str(output))
+
+
+def to_fp16_weights(source: Path, output: Path) -> None:
+    """Store the float weights in half precision, each read back through a Cast to float32.
+
+    Why: on a CPU, half-precision arithmetic is slower than float32 (ONNX Runtime has few
+    fp16 CPU kernels, so ``fp16`` adds casts around most operators), yet the file a phone
+    or an edge box downloads is still worth halving. Every Cast here takes an initializer
+    alone, so ONNX Runtime's constant folding (any optimisation level but "disabled")
+    turns it back into a float32 weight when it loads the model: the arithmetic, hence the
+    latency, is the float32 model's, and only the weights' rounding to fp16 remains. On
+    the digits model: 1.95x smaller, p50 0.571 ms against 0.571 ms; pruned by half, 1.85x
+    smaller, 0.263 against 0.263 ms (one thread). ONNX Runtime's own fp16 converter with
+    every operator blocked left duplicate node names and a larger file.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}  # an initializer a caller may override stays
+    kept, casts = [], []
+    for initializer in graph.initializer:
+        values = numpy_helper.to_array(initializer)
+        small = values.size < FP16_WEIGHTS_MIN_VALUES
+        if values.dtype != np.float32 or small or initializer.name in inputs:
+            kept.append(initializer)
+            continue
+        half = numpy_helper.from_array(values.astype(np.float16), f"{initializer.name}.fp16")
+        kept.append(half)
+        casts.append(
+            helper.make_node(
+                "Cast",
+                [half.name],
+                [initializer.name],
+                to=onnx.TensorProto.FLOAT,
+                name=f"{initializer.name}.to_fp32",
+            )
+        )
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    nodes = [*casts, *graph.node]  # a Cast before every reader keeps the graph sorted
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(output))
 
 
 class _CalibrationReader:

@@ -117,18 +117,28 @@ def test_roofline_takes_the_slower_of_compute_and_memory() -> None:
 def test_onnx_bytes_counts_weights_and_intermediate_tensors(tmp_path) -> None:
     from onnx import TensorProto, helper, numpy_helper, save
 
-    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "W")
+    weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "W")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
         [weight],
     )
     path = tmp_path / "m.onnx"
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    # 12 weights, then h and y of 3 floats each at batch 1
-    assert onnx_bytes(path) == 4 * (12 + 3 + 3)
+    # 16 weights, then h and y of 4 floats each at batch 1
+    assert onnx_bytes(path) == 4 * (16 + 4 + 4)
+
+    # stored in fp16 (fp16-weights): the float32 weight its Cast leaves at load, once
+    from techniques.quantization import to_fp16_weights
+
+    half = tmp_path / "m.w16.onnx"
+    to_fp16_weights(path, half)
+    from onnx import load
+
+    assert [t.data_type for t in load(str(half)).graph.initializer] == [TensorProto.FLOAT16]
+    assert onnx_bytes(half) == 4 * (16 + 4 + 4)
 
 
 def test_results_never_overwrite_an_earlier_run(tmp_path) -> None:

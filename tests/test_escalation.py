@@ -1,11 +1,12 @@
-"""A pruning reference over the budget is tried again one step stronger, up to the range."""
+"""A pruning reference over the budget is tried again one step stronger, up to the range;
+a feasible float32 reference is tried again with its weights stored in fp16."""
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 from test_end_to_end import config_for, finished
 
-from search.escalation import stronger_params
+from search.escalation import smaller_params, stronger_params
 from search.levers import LeverSettings
 from search.runner import run_search
 from techniques.pruning import MAX_RATIO
@@ -21,6 +22,34 @@ def test_one_step_stronger_until_the_end_of_the_range() -> None:
 def test_a_lever_that_is_off_or_pinned_is_never_escalated() -> None:
     assert stronger_params({"prune.ratio": 0.0, "quant.scheme": "int8"}) is None
     assert stronger_params({"prune.ratio": 0.5}, fixed={"prune.ratio"}) is None
+
+
+def test_a_float32_reference_is_stored_smaller_where_the_runtime_offers_it() -> None:
+    offered = ("fp32", "fp16-weights", "int8-static")
+    params = {"prune.ratio": 0.5, "quant.scheme": "fp32"}
+    assert smaller_params(params, formats=offered) == {
+        "prune.ratio": 0.5,
+        "quant.scheme": "fp16-weights",
+    }
+    assert smaller_params(params, formats=("fp32",)) is None  # e.g. the PyTorch runtime
+    assert smaller_params(params, fixed={"quant.scheme"}, formats=offered) is None
+    assert smaller_params({**params, "quant.scheme": "int8-static"}, formats=offered) is None
+
+
+def test_a_feasible_reference_is_stored_smaller_on_its_fine_tuned_model(home, tiny_task) -> None:
+    levers = LeverSettings(off=("width", "lowrank", "lora"))
+    config = config_for(home, trials=5, latency_budget_ms=1000.0, levers=levers)
+    result = run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    pruning = [t for t in finished(study) if t.user_attrs.get("reference") == "prune"]
+    assert [t.params["quant.scheme"] for t in pruning] == ["fp32", "fp16-weights"]
+    first, smaller = pruning
+    assert smaller.user_attrs["escalated_from"] == first.number
+    assert smaller.user_attrs["finetuned_in_trial"] == first.number  # no second fine-tune
+    assert smaller.values[0] == pytest.approx(first.values[0], abs=0.02)
+    assert smaller.values[2] < 0.6 * first.values[2]  # MB
+    # int8 references are not float32: nothing else was stored smaller
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
 
 
 def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(

@@ -64,11 +64,50 @@ def test_fp16_export_runs_at_float_accuracy_in_half_the_bytes(fp32, tiny_task) -
     assert half.size_bytes < 0.6 * artifact.size_bytes
 
 
+def test_fp16_weights_halve_the_file_and_load_as_the_float32_graph(
+    fp32, tiny_task, tmp_path
+) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    artifact, fp32_accuracy = fp32
+    stored = quantize(artifact, QuantParams("fp16-weights"), calibration=tiny_task.data("train"))
+    assert stored.scheme == "fp16-weights" and stored.path.name.endswith(".w16.onnx")
+    assert stored.size_bytes < 0.6 * artifact.size_bytes
+    graph = onnx.load(str(stored.path)).graph
+    big = [i for i in graph.initializer if np.prod(i.dims) >= 16]
+    assert big and {i.data_type for i in big} == {onnx.TensorProto.FLOAT16}
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+    # Loaded, every Cast is folded into a float32 weight: the arithmetic is float32's.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    session = ort.InferenceSession(str(stored.path), options, providers=["CPUExecutionProvider"])
+    loaded = onnx.load(str(tmp_path / "loaded.onnx")).graph
+    assert "Cast" not in {node.op_type for node in loaded.node}
+    assert {i.data_type for i in loaded.initializer} == {onnx.TensorProto.FLOAT}
+
+    reference = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
+    inputs = tiny_task.example_inputs(8).numpy()
+    name = session.get_inputs()[0].name
+    expected = reference.run(None, {name: inputs})[0]
+    got = session.run(None, {name: inputs})[0]
+    assert np.allclose(got, expected, atol=0.05) and not np.array_equal(got, expected)
+    accuracy = evaluate(stored, tiny_task.data("val"), tiny_task.metric, threads=2)
+    assert accuracy >= fp32_accuracy - 0.005
+
+
 @pytest.mark.parametrize(
     ("runtime", "device", "expected"),
     [
-        ("onnxruntime", "cpu", {"fp32", "fp16", "int8-dynamic", "int8-static", "int8-qat"}),
-        ("onnxruntime", "cuda", {"fp32", "fp16", "int8-static", "int8-qat"}),
+        (
+            "onnxruntime",
+            "cpu",
+            {"fp32", "fp16", "fp16-weights", "int8-dynamic", "int8-static", "int8-qat"},
+        ),
+        ("onnxruntime", "cuda", {"fp32", "fp16", "fp16-weights", "int8-static", "int8-qat"}),
         ("torch", "cpu", {"fp32"}),
         ("torch-compile", "cuda", {"fp32", "fp16", "bf16"}),
     ],
