@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.paired import paired_delta
 from search.latency import measure_latency
 from search.profile import Target
 from search.runtime import Artifact
-from search.runtimes import evaluate
-from search.task import Task
+from search.runtimes import predict
+from search.task import Task, accuracy
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class Compared:
     name: str
     test_accuracy: float
     accuracy_delta_points: float  # test accuracy minus the baseline's, in points
+    # examples lost and gained against the baseline, and the delta's 95% interval in points
+    # (paired bootstrap, benchmarks.paired); None where right/wrong is not defined
+    test_lost: int | None
+    test_gained: int | None
+    delta_interval_points: tuple[float, float] | None
     p50_ms: float  # median over rounds
     p50_ms_range: tuple[float, float]
     faster: tuple[float, float, float]
@@ -58,19 +64,29 @@ class Compared:
         return self.__dict__.copy()
 
 
-def test_accuracies(models: list[Target], task: Task, *, runtime: str, device: str) -> list[float]:
+@dataclass(frozen=True)
+class TestScore:
+    """A deployed file on the test split: its metric, and which examples it got right
+    (None where the task's metric is not accuracy, so right/wrong is not defined)."""
+
+    metric: float
+    correct: np.ndarray | None
+
+
+def test_scores(models: list[Target], task: Task, *, runtime: str, device: str) -> list[TestScore]:
     """Each deployed file's metric on the test split, in its runtime."""
-    return [
-        evaluate(
-            t.artifact,
+    scores = []
+    for target in models:
+        outputs, targets = predict(
+            target.artifact,
             task.data("test"),
-            task.metric,
             runtime=runtime,
             device=device,
             threads=os.cpu_count() or 1,
         )
-        for t in models
-    ]
+        correct = outputs.argmax(axis=1) == targets if task.metric is accuracy else None
+        scores.append(TestScore(task.metric(outputs, targets), correct))
+    return scores
 
 
 def time_rounds(
@@ -118,7 +134,7 @@ def _timed_round(
     return p50
 
 
-def compare(models: list[Target], accuracies: list[float], rounds: list[Round]) -> list[Compared]:
+def compare(models: list[Target], scores: list[TestScore], rounds: list[Round]) -> list[Compared]:
     """Every model (the baseline first) with its ratios against the baseline."""
     baseline = models[0]
     rows = []
@@ -126,11 +142,20 @@ def compare(models: list[Target], accuracies: list[float], rounds: list[Round]) 
         p50 = [r.p50_ms[index] for r in rounds]
         ratios = [r.p50_ms[0] / r.p50_ms[index] for r in rounds]
         base_macs = baseline.macs
+        base_correct, correct = scores[0].correct, scores[index].correct
+        paired = (
+            paired_delta(base_correct, correct)
+            if base_correct is not None and correct is not None
+            else None
+        )
         rows.append(
             Compared(
                 name=target.name,
-                test_accuracy=accuracies[index],
-                accuracy_delta_points=100 * (accuracies[index] - accuracies[0]),
+                test_accuracy=scores[index].metric,
+                accuracy_delta_points=100 * (scores[index].metric - scores[0].metric),
+                test_lost=paired.lost if paired else None,
+                test_gained=paired.gained if paired else None,
+                delta_interval_points=(paired.low_points, paired.high_points) if paired else None,
                 p50_ms=statistics.median(p50),
                 p50_ms_range=(min(p50), max(p50)),
                 faster=(statistics.median(ratios), min(ratios), max(ratios)),

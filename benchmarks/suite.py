@@ -29,7 +29,7 @@ import optuna
 from benchmarks.hypervolume import box_of, curve, feasible_points
 from benchmarks.overhead import overhead
 from benchmarks.roofline import floor_of, measure_peaks, onnx_bytes
-from benchmarks.side_by_side import Compared, compare, test_accuracies, time_rounds
+from benchmarks.side_by_side import Compared, compare, test_scores, time_rounds
 from benchmarks.student import distilled_student
 from search.config import SearchConfig
 from search.latency import hardware_fingerprint, measure_latency
@@ -136,7 +136,7 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
 
     clock = time.perf_counter()
     everyone = [baseline, *chosen, *references[1], student]
-    accuracies = test_accuracies(everyone, task, runtime=plan.runtime, device=plan.device)
+    scores = test_scores(everyone, task, runtime=plan.runtime, device=plan.device)
     inputs = task.example_inputs(1).numpy()
     timing = {"runtime": plan.runtime, "device": plan.device, "threads": plan.threads}
     early = (plan.rounds + 1) // 2
@@ -155,7 +155,7 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
     rounds += time_rounds(
         everyone, inputs, count=plan.rounds - early, first=early, started=started, **timing
     )
-    compared = compare(everyone, accuracies, rounds)
+    compared = compare(everyone, scores, rounds)
     for entry in compression.values():
         entry["summary"] = over_seeds(compared, entry["seeds"])
     roofline = [

@@ -122,6 +122,22 @@ def evaluate(
     batch_size: int = 1,
 ) -> float:
     """The task metric of the deployed file, run in its runtime, over one data split."""
+    outputs, targets = predict(
+        artifact, loader, runtime=runtime, device=device, threads=threads, batch_size=batch_size
+    )
+    return metric(outputs, targets)
+
+
+def predict(
+    artifact: Artifact,
+    loader: DataLoader,
+    *,
+    runtime: str = ONNXRUNTIME,
+    device: str = "cpu",
+    threads: int = 1,
+    batch_size: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The deployed file's outputs over one data split, beside the split's targets."""
     with open_predictor(
         artifact, runtime=runtime, device=device, threads=threads, batch_size=batch_size
     ) as predictor:
@@ -129,7 +145,7 @@ def evaluate(
         for inputs, batch_targets in loader:
             outputs.append(_predict_in_batches(predictor, inputs.numpy()))
             targets.append(batch_targets.numpy())
-    return metric(np.concatenate(outputs), np.concatenate(targets))
+    return np.concatenate(outputs), np.concatenate(targets)
 
 
 def _predict_in_batches(predictor: Predictor, inputs: np.ndarray) -> np.ndarray:

@@ -157,6 +157,9 @@ def _results(faster_student: float, hv_random: float, best=(2.2, 2.0, 3.0)) -> d
             "scheme": "fp32",
             "test_accuracy": 0.99,
             "accuracy_delta_points": 0.0,
+            "test_lost": 1,
+            "test_gained": 1,
+            "delta_interval_points": [-0.56, 0.56],
             "p50_ms": 0.3,
             "faster": [faster, faster - 0.05, faster + 0.05],
             "size_bytes": size,
@@ -262,9 +265,13 @@ def test_the_markdown_names_the_command_and_the_ratio() -> None:
     assert "`python -m benchmarks run`" in text
     assert "default against random without latency first: 2.00×" in text
     assert (
-        "| best at 0.5x, seed 0 (trial 3) (fp32) | 0.9900 (+0.00) | 0.3000 | 2.20 (2.15–2.25)"
-        in text
+        "| best at 0.5x, seed 0 (trial 3) (fp32) | 0.9900 (+0.00) | 1 / 1 (-0.56 to +0.56) "
+        "| 0.3000 | 2.20 (2.15–2.25)" in text
     )
+    older = _results(faster_student=1.5, hv_random=0.25)  # a file from before the counts
+    for row in older["models"]:
+        del row["test_lost"], row["test_gained"], row["delta_interval_points"]
+    assert "| 0.9900 (+0.00) | – | 0.3000 |" in render_markdown(older, "plot.png")
     assert "| 0.5x (0.3000 ms) | 1 of 2 | 2.20 (2.00–3.00) | 5.00 (4.00–6.00) | -0.50" in text
 
 
@@ -291,10 +298,29 @@ def _matmul_file(path, width: int):
     return Artifact(path=path, scheme="fp32")
 
 
+def test_a_paired_delta_counts_images_lost_and_gained_and_brackets_the_delta() -> None:
+    from benchmarks.paired import paired_delta
+
+    base = np.ones(360, dtype=bool)
+    base[:2] = False  # the baseline misses two images
+    model = base.copy()
+    model[2:8] = False  # six more missed
+    model[0] = True  # one the baseline missed
+    delta = paired_delta(base, model)
+    assert (delta.lost, delta.gained, delta.total) == (6, 1, 360)
+    assert delta.delta_points == pytest.approx(-500 / 360)
+    # five images net of 360: the interval reaches about two images either side
+    assert -4 < delta.low_points < delta.delta_points < delta.high_points < 0.6
+    same = paired_delta(base, base)
+    assert (same.lost, same.gained, same.low_points, same.high_points) == (0, 0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_delta(base, model[:10])
+
+
 def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     import time
 
-    from benchmarks.side_by_side import compare, time_rounds
+    from benchmarks.side_by_side import TestScore, compare, time_rounds
     from search.profile import Target
 
     models = [
@@ -308,8 +334,12 @@ def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     rounds += time_rounds(models, inputs, count=1, first=1, **timing)
     assert len(rounds) == 2 and rounds[0].at_s < rounds[1].at_s
     assert all(len(r.p50_ms) == 2 and min(r.p50_ms) > 0 for r in rounds)
-    rows = compare(models, [0.9, 0.8], rounds)
+    right = np.arange(10) < 9  # 9 of 10 right; the small model loses two, gains one
+    scores = [TestScore(0.9, right), TestScore(0.8, np.arange(10) >= 2)]
+    rows = compare(models, scores, rounds)
     assert rows[0].faster == (1.0, 1.0, 1.0)
+    assert (rows[1].test_lost, rows[1].test_gained) == (2, 1)
+    assert rows[0].delta_interval_points == (0.0, 0.0)
     ratios = sorted(r.p50_ms[0] / r.p50_ms[1] for r in rounds)
     assert rows[1].faster[1:] == pytest.approx(tuple(ratios))
     assert rows[1].fewer_macs == 64 and rows[1].accuracy_delta_points == pytest.approx(-10)
