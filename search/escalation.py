@@ -16,7 +16,9 @@ parameters with the weights stored in fp16 (``quant.scheme=fp16-weights``), whic
 Runtime turns back into the float32 graph when it loads the file. Same arithmetic, so
 the same latency, in about half the file: on the digits CNN pruned by half, 0.151 MB
 against 0.280 MB at 0.263 ms both. Left to the sampler, that point is one format among
-six on top of every other lever, and in six 40-trial searches it was never found. The
+six on top of every other lever, and the sampler rarely lands near a feasible reference:
+in the three 40-trial searches at 0.5x of benchmark run 2026-11-24-6, the sampled trials
+found one feasible candidate between them (the references found the rest). The
 fine-tuned model of the reference is reused (``TrialObjective._fine_tuned``), so the step
 costs an export, a conversion and the measurements.
 """

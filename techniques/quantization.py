@@ -60,6 +60,7 @@ DRAFT_CALIBRATION_SAMPLES = 64
 # fp16-weights stores float initializers of at least this many values in half precision;
 # smaller ones (a Clip's bounds, a Resize's scales) would save nothing but a Cast node.
 FP16_WEIGHTS_MIN_VALUES = 16
+HALF_MAX = float(np.finfo(np.float16).max)  # a larger weight stays float32, not inf
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,8 @@ def to_fp16_weights(source: Path, output: Path) -> None:
     for initializer in graph.initializer:
         values = numpy_helper.to_array(initializer)
         small = values.size < FP16_WEIGHTS_MIN_VALUES
-        if values.dtype != np.float32 or small or initializer.name in inputs:
+        overflows = values.dtype == np.float32 and bool(np.any(np.abs(values) > HALF_MAX))
+        if values.dtype != np.float32 or small or overflows or initializer.name in inputs:
             kept.append(initializer)
             continue
         half = numpy_helper.from_array(values.astype(np.float16), f"{initializer.name}.fp16")

@@ -99,6 +99,41 @@ def test_fp16_weights_halve_the_file_and_load_as_the_float32_graph(
     assert accuracy >= fp32_accuracy - 0.005
 
 
+def test_fp16_weights_keep_float32_what_half_precision_cannot_hold(tmp_path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from techniques.quantization import to_fp16_weights
+
+    weights = {
+        "big": np.full((4, 4), 1e6, dtype=np.float32),  # beyond fp16's 65504
+        "tiny": np.ones((1, 4), dtype=np.float32),  # too small to be worth a Cast
+        "plain": np.full((4, 4), 0.5, dtype=np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "big"], ["a"]),
+        helper.make_node("MatMul", ["a", "plain"], ["b"]),
+        helper.make_node("Add", ["b", "tiny"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    source, output = tmp_path / "m.onnx", tmp_path / "m.w16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    to_fp16_weights(source, output)
+    stored = {t.name: t.data_type for t in onnx.load(str(output)).graph.initializer}
+    assert stored == {
+        "big": TensorProto.FLOAT,
+        "tiny": TensorProto.FLOAT,
+        "plain.fp16": TensorProto.FLOAT16,
+    }
+
+
 @pytest.mark.parametrize(
     ("runtime", "device", "expected"),
     [
