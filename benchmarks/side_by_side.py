@@ -65,7 +65,7 @@ class Compared:
 
 
 @dataclass(frozen=True)
-class TestScore:
+class ScoreOnTest:
     """A deployed file on the test split: its metric, and which examples it got right
     (None where the task's metric is not accuracy, so right/wrong is not defined)."""
 
@@ -73,7 +73,9 @@ class TestScore:
     correct: np.ndarray | None
 
 
-def test_scores(models: list[Target], task: Task, *, runtime: str, device: str) -> list[TestScore]:
+def test_scores(
+    models: list[Target], task: Task, *, runtime: str, device: str
+) -> list[ScoreOnTest]:
     """Each deployed file's metric on the test split, in its runtime."""
     scores = []
     for target in models:
@@ -85,7 +87,7 @@ def test_scores(models: list[Target], task: Task, *, runtime: str, device: str) 
             threads=os.cpu_count() or 1,
         )
         correct = outputs.argmax(axis=1) == targets if task.metric is accuracy else None
-        scores.append(TestScore(task.metric(outputs, targets), correct))
+        scores.append(ScoreOnTest(task.metric(outputs, targets), correct))
     return scores
 
 
@@ -134,7 +136,9 @@ def _timed_round(
     return p50
 
 
-def compare(models: list[Target], scores: list[TestScore], rounds: list[Round]) -> list[Compared]:
+def compare(
+    models: list[Target], scores: list[ScoreOnTest], rounds: list[Round]
+) -> list[Compared]:
     """Every model (the baseline first) with its ratios against the baseline."""
     baseline = models[0]
     rows = []

@@ -320,7 +320,7 @@ def test_a_paired_delta_counts_images_lost_and_gained_and_brackets_the_delta() -
 def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     import time
 
-    from benchmarks.side_by_side import TestScore, compare, time_rounds
+    from benchmarks.side_by_side import ScoreOnTest, compare, time_rounds
     from search.profile import Target
 
     models = [
@@ -335,7 +335,7 @@ def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     assert len(rounds) == 2 and rounds[0].at_s < rounds[1].at_s
     assert all(len(r.p50_ms) == 2 and min(r.p50_ms) > 0 for r in rounds)
     right = np.arange(10) < 9  # 9 of 10 right; the small model loses two, gains one
-    scores = [TestScore(0.9, right), TestScore(0.8, np.arange(10) >= 2)]
+    scores = [ScoreOnTest(0.9, right), ScoreOnTest(0.8, np.arange(10) >= 2)]
     rows = compare(models, scores, rounds)
     assert rows[0].faster == (1.0, 1.0, 1.0)
     assert (rows[1].test_lost, rows[1].test_gained) == (2, 1)
