@@ -13,6 +13,7 @@ covers both kinds of variation.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import statistics
@@ -28,7 +29,7 @@ from search.latency import measure_latency
 from search.profile import Target
 from search.runtime import Artifact
 from search.runtimes import predict
-from search.task import Task, accuracy
+from search.task import Task
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,19 @@ def test_scores(
             device=device,
             threads=os.cpu_count() or 1,
         )
-        correct = outputs.argmax(axis=1) == targets if task.metric is accuracy else None
-        scores.append(ScoreOnTest(task.metric(outputs, targets), correct))
+        metric = task.metric(outputs, targets)
+        scores.append(ScoreOnTest(metric, right_or_wrong(outputs, targets, metric)))
     return scores
+
+
+def right_or_wrong(outputs: np.ndarray, targets: np.ndarray, metric: float) -> np.ndarray | None:
+    """Per example, whether the top-1 class is the label; None unless the task's metric is
+    top-1 accuracy, recognised by its value being their mean (a task's metric is its own
+    method, so it cannot be told by identity)."""
+    if outputs.ndim != 2 or targets.ndim != 1 or len(outputs) != len(targets):
+        return None
+    correct = outputs.argmax(axis=1) == targets
+    return correct if math.isclose(float(correct.mean()), metric, abs_tol=1e-9) else None
 
 
 def time_rounds(

@@ -317,6 +317,16 @@ def test_a_paired_delta_counts_images_lost_and_gained_and_brackets_the_delta() -
         paired_delta(base, model[:10])
 
 
+def test_right_or_wrong_only_where_the_metric_is_top1_accuracy() -> None:
+    from benchmarks.side_by_side import right_or_wrong
+
+    outputs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    targets = np.array([0, 1, 1, 1])
+    assert right_or_wrong(outputs, targets, 0.75).tolist() == [True, True, False, True]
+    assert right_or_wrong(outputs, targets, 0.8) is None  # another metric (say, macro F1)
+    assert right_or_wrong(outputs[:, 0], targets, 0.75) is None  # not class scores
+
+
 def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     import time
 
