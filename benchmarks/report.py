@@ -46,7 +46,7 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         "## Compression against the fp32 baseline",
         "",
         "Measured side by side: test-split accuracy of the deployed file in its runtime; p50 "
-        f"over {plan['rounds']} rounds, each in a fresh process timing every model once "
+        f"over {plan['rounds']} rounds, each in a fresh process {_round_protocol(plan)} "
         f"({_round_times(results)}); ×faster taken within each round (median, and min–max "
         "over rounds, which so covers process-to-process variation and the run's drift). "
         "Test images the model gets wrong that the baseline gets right (lost) and the "
@@ -248,6 +248,13 @@ def _paired(row: dict[str, Any]) -> str:
         return "–"
     low, high = row["delta_interval_points"]
     return f"{row['test_lost']} / {row['test_gained']} ({low:+.2f} to {high:+.2f})"
+
+
+def _round_protocol(plan: dict[str, Any]) -> str:
+    """How a round timed the models: in turns, from 2026-11-25 on."""
+    if plan.get("interleaved"):
+        return "timing the models in turn, 20 ms of back-to-back calls each"
+    return "timing every model once"
 
 
 def _round_times(results: dict[str, Any]) -> str:

@@ -5,10 +5,13 @@ mostly do not, but not entirely. Two runs of the benchmark (2026-11-24) measured
 files' ×faster 2.8% apart while five back-to-back rounds in one process spread by only 1%:
 what varies is the process (allocator state, thread placement) and the machine's state
 over tens of minutes, neither of which back-to-back rounds see. So each round here runs in
-a fresh process, times every model once with the search's protocol (in a rotated order),
-and takes each model's ratio within the round; the suite runs half the rounds before its
-long search-efficiency part and half after, so the reported spread (min-max over rounds)
-covers both kinds of variation.
+a fresh process and takes each model's ratio within the round; the suite runs half the
+rounds before its long search-efficiency part and half after, so the reported spread
+(min-max over rounds) covers both kinds of variation. Within a round the models are timed
+in turn, 20 ms of back-to-back calls each (``search.latency.interleaved_times``): on a
+machine whose speed changed in phases of seconds (2026-11-25), six rounds timing each
+model once, one after another, gave pruning alone 1.98x to 3.47x faster; timed in turn,
+2.02x to 2.23x, every model seeing the same phases.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.paired import paired_delta
-from search.latency import measure_latency
+from search.latency import interleaved_times, measure_latency
 from search.profile import Target
 from search.runtime import Artifact
 from search.runtimes import predict
@@ -112,9 +115,12 @@ def time_rounds(
     runtime: str,
     device: str,
     threads: int,
+    interleaved: bool = True,
 ) -> list[Round]:
     """``count`` rounds, each in a fresh process; round ``first + i`` starts the rotation
-    at model ``(first + i) % len(models)`` so no model is always timed first or last."""
+    at model ``(first + i) % len(models)`` so no model is always timed first or last.
+    ``interleaved=False`` is the protocol of results files from before 2026-11-25: each
+    model timed once, one after another, with ``measure_latency``."""
     artifacts = [m.artifact for m in models]
     rounds = []
     for index in range(first, first + count):
@@ -123,7 +129,7 @@ def time_rounds(
         at_s = time.perf_counter() - started
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             p50 = child.submit(
-                _timed_round, artifacts, order, inputs, runtime, device, threads
+                _timed_round, artifacts, order, inputs, runtime, device, threads, interleaved
             ).result()
         rounds.append(Round(at_s=at_s, p50_ms=p50))
     return rounds
@@ -136,14 +142,21 @@ def _timed_round(
     runtime: str,
     device: str,
     threads: int,
+    interleaved: bool,
 ) -> list[float]:
-    """In the child process: each artifact's p50, timed in ``order``, listed in place."""
+    """In the child process: each artifact's p50 in ``order``, listed in place."""
+    ordered = [artifacts[i] for i in order]
+    if interleaved:
+        times = interleaved_times(ordered, inputs, runtime=runtime, device=device, threads=threads)
+        medians = [float(np.median(t)) for t in times]
+    else:
+        medians = [
+            measure_latency(a, inputs, runtime=runtime, device=device, threads=threads).p50_ms
+            for a in ordered
+        ]
     p50 = [0.0] * len(artifacts)
-    for index in order:
-        stats = measure_latency(
-            artifacts[index], inputs, runtime=runtime, device=device, threads=threads
-        )
-        p50[index] = stats.p50_ms
+    for index, median in zip(order, medians, strict=True):
+        p50[index] = median
     return p50
 
 

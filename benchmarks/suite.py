@@ -68,6 +68,9 @@ class Plan:
     seeds: tuple[int, ...] = (0, 1, 2)  # efficiency runs per arm
     arm_seconds: float = 200.0  # wall time per efficiency run
     rounds: int = 6  # side-by-side latency rounds, half before the efficiency part
+    # within a round the models are timed in turn, in short blocks (results files from before
+    # 2026-11-25 have no such key: their rounds timed every model once, one after another)
+    interleaved: bool = True
     quick: bool = False
     arms: tuple[str, ...] = field(default_factory=lambda: tuple(ARMS))
 
@@ -141,7 +144,15 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
     timing = {"runtime": plan.runtime, "device": plan.device, "threads": plan.threads}
     early = (plan.rounds + 1) // 2
     say(f"side by side: {early} of {plan.rounds} rounds, each in a fresh process")
-    rounds = time_rounds(everyone, inputs, count=early, first=0, started=started, **timing)
+    rounds = time_rounds(
+        everyone,
+        inputs,
+        count=early,
+        first=0,
+        started=started,
+        interleaved=plan.interleaved,
+        **timing,
+    )
     peaks = measure_peaks(plan.device, plan.threads)
     durations["side by side"] = time.perf_counter() - clock
 
@@ -153,7 +164,13 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
     clock = time.perf_counter()
     say(f"side by side: the other {plan.rounds - early} rounds")
     rounds += time_rounds(
-        everyone, inputs, count=plan.rounds - early, first=early, started=started, **timing
+        everyone,
+        inputs,
+        count=plan.rounds - early,
+        first=early,
+        started=started,
+        interleaved=plan.interleaved,
+        **timing,
     )
     compared = compare(everyone, scores, rounds)
     for entry in compression.values():

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from search.latency import LatencyStats, hardware_fingerprint, measure_latency
 from search.runtime import compact_names, export_onnx
@@ -104,3 +105,29 @@ def test_the_measurement_lock_makes_a_second_process_wait(tmp_path) -> None:
     started = time.perf_counter()
     with measurement_lock(tmp_path, "cuda"):  # another device: no wait
         assert time.perf_counter() - started < 0.5
+
+
+def test_files_timed_in_turn_each_get_a_block_of_their_own_length(tiny_task, tmp_path) -> None:
+    """Turns of equal time: the faster file gets more calls; each is timed fully."""
+    import torch
+
+    from search.latency import MIN_REPEATS, interleaved_times
+
+    example = tiny_task.example_inputs(1)
+    wide = torch.nn.Sequential(  # tens of millions of MACs in a few weights
+        torch.nn.Conv2d(example.shape[1], 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 10),
+    ).eval()
+    small = export_onnx(tiny_task.build_model(), example, tmp_path / "small.onnx")
+    large = export_onnx(wide, example, tmp_path / "large.onnx")
+    times = interleaved_times([large, small], example.numpy(), threads=1)
+    assert len(times) == 2 and min(len(t) for t in times) >= MIN_REPEATS
+    assert len(times[1]) > len(times[0])  # same time per turn, shorter calls
+    alone = measure_latency(large, example.numpy(), threads=1)
+    assert np.median(times[0]) == pytest.approx(alone.p50_ms, rel=0.5)
