@@ -63,6 +63,7 @@ class Compared:
     macs: int | None
     fewer_macs: float | None
     scheme: str
+    path: str  # the model file, in the run's work folder
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -192,6 +193,7 @@ def compare(
                 macs=target.macs,
                 fewer_macs=base_macs / target.macs if base_macs and target.macs else None,
                 scheme=target.artifact.scheme,
+                path=str(target.artifact.path),
             )
         )
     return rows

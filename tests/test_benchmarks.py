@@ -355,3 +355,24 @@ def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     assert rows[1].faster[1:] == pytest.approx(tuple(ratios))
     assert rows[1].fewer_macs == 64 and rows[1].accuracy_delta_points == pytest.approx(-10)
     assert rows[1].smaller > 1
+
+
+def test_round_protocols_finds_a_runs_models_by_path_or_else_by_size(tmp_path) -> None:
+    from benchmarks.round_protocols import input_shape, model_files
+
+    work = tmp_path / "work"
+    (work / "a").mkdir(parents=True)
+    big = _matmul_file(work / "a" / "big.onnx", 512)
+    small = _matmul_file(work / "small.onnx", 8)
+    results = {
+        "models": [
+            {"name": "baseline", "size_bytes": big.size_bytes, "scheme": "fp32"},
+            {"name": "small", "size_bytes": 1, "scheme": "fp32", "path": str(small.path)},
+        ]
+    }
+    found = model_files(results, work)
+    assert [t.artifact.path for t in found] == [big.path, small.path]
+    assert input_shape(big.path) == (1, 64)  # the symbolic batch taken as 1
+    results["models"][1]["path"] = str(tmp_path / "gone.onnx")  # moved: looked up by size
+    with pytest.raises(SystemExit, match="no file of 1 bytes"):
+        model_files(results, work)
