@@ -127,12 +127,13 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         f"Measured peaks: {peaks['fp32_gmacs']:.1f} G fp32 MAC/s, {peaks['int8_gmacs']:.1f} G "
         f"int8 MAC/s, {peaks['bandwidth_gbs']:.1f} GB/s ({peaks['how']}).",
         "",
-        "| model | MACs | bytes | compute floor ms | memory floor ms | measured ms | × above floor |",
-        "|---|---|---|---|---|---|---|",
+        "| model | arithmetic (peak used) | MACs | bytes | compute floor ms | memory floor ms "
+        "| measured ms | × above floor |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["roofline"]:
         lines.append(
-            f"| {r['name']} ({r['rate']}) | {r['macs'] / 1e6:.2f} M | {r['bytes'] / 1e3:.0f} KB | "
+            f"| {r['name']} | {r['rate']} | {r['macs'] / 1e6:.2f} M | {r['bytes'] / 1e3:.0f} KB | "
             f"{r['compute_ms']:.4f} | {r['memory_ms']:.4f} | {r['measured_ms']:.4f} | "
             f"{r['above_floor']:.1f} |"
         )

@@ -233,7 +233,18 @@ def _results(faster_student: float, hv_random: float, best=(2.2, 2.0, 3.0)) -> d
             "phases": {"fine_tune": 15.0, "export": 1.0},
         },
         "peaks": {"fp32_gmacs": 50, "int8_gmacs": 90, "bandwidth_gbs": 30, "how": "made up"},
-        "roofline": [],
+        "roofline": [
+            {
+                "name": "best at 0.5x, seed 0 (trial 3)",
+                "rate": "fp32",
+                "macs": 2_000_000,
+                "bytes": 200_000,
+                "compute_ms": 0.04,
+                "memory_ms": 0.0067,
+                "measured_ms": 0.3,
+                "above_floor": 7.5,
+            }
+        ],
     }
 
 
@@ -273,6 +284,8 @@ def test_the_markdown_names_the_command_and_the_ratio() -> None:
         del row["test_lost"], row["test_gained"], row["delta_interval_points"]
     assert "| 0.9900 (+0.00) | – | 0.3000 |" in render_markdown(older, "plot.png")
     assert "| 0.5x (0.3000 ms) | 1 of 2 | 2.20 (2.00–3.00) | 5.00 (4.00–6.00) | -0.50" in text
+    # the roofline names the peak it divides by in a column of its own, not in the name
+    assert "| best at 0.5x, seed 0 (trial 3) | fp32 | 2.00 M | 200 KB | 0.0400 |" in text
 
 
 def test_the_sampler_is_chosen_by_name() -> None:

@@ -325,6 +325,7 @@ def test_levers_switched_off_and_fixed_hold_in_every_sampled_trial(home, tiny_ta
     assert parent.data.params["levers.off"] == "width,prune,lowrank,lora"
 
 
+@pytest.mark.slow  # 35 s: torch.export per trial; scripts/test.sh --slow runs it
 def test_a_search_in_pytorch_deploys_programs_and_records_the_runtime(home, tiny_task) -> None:
     config = config_for(home, runtime="torch", trials=2)
     result = run_search(config, task=tiny_task)

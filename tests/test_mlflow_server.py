@@ -21,6 +21,10 @@ from search.promote import promote
 from search.runner import run_search
 from search.tracking import TRIAL_TAG
 
+# A server start, a three-trial search and a promotion: about a minute on 2 cores, so it
+# runs with the other real-server checks (PostgreSQL) in `scripts/test.sh --slow`.
+pytestmark = pytest.mark.slow
+
 ARTIFACTS = Path(
     os.environ.get("SEARCH_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
 )

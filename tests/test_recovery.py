@@ -50,6 +50,7 @@ def load(home: Path) -> tuple[optuna.Study, MlflowClient]:
     return optuna.load_study(study_name="crash", storage=storage), client
 
 
+@pytest.mark.slow  # 50 s: two processes and a 200-epoch trial killed; scripts/test.sh --slow
 def test_a_killed_worker_s_trial_is_failed_closed_and_retried(tmp_path, tiny_task) -> None:
     first = start(tmp_path, "--trials", "3", "--finetune-epochs", "200")
     victim = wait_for_fine_tuning(tmp_path, first)
