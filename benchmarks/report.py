@@ -144,11 +144,16 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
 def _searches(results: dict[str, Any]) -> list[str]:
     """Each budget's searches: the best model over the seeds, then each search's trials."""
     seeds = ", ".join(str(s) for s in results["plan"].get("search_seeds", [0]))
+    timed = (
+        "each candidate timed in turn with the baseline's file, scaled to the baseline's p50 above"
+        if results["plan"].get("anchored")
+        else "each candidate timed alone"
+    )
     lines = [
         "",
-        f"Searches (TPE with references and latency first), one per seed ({seeds}) and "
-        "budget; the best model of each is in the table above. Over the seeds, median "
-        "(min–max) of each best model's figures:",
+        f"Searches (TPE with references and latency first; {timed}), one per seed "
+        f"({seeds}) and budget; the best model of each is in the table above. Over the "
+        "seeds, median (min–max) of each best model's figures:",
         "",
         "| budget | searches with a feasible model | ×faster | ×smaller | test Δ points |",
         "|---|---|---|---|---|",

@@ -71,6 +71,9 @@ class Plan:
     # within a round the models are timed in turn, in short blocks (results files from before
     # 2026-11-25 have no such key: their rounds timed every model once, one after another)
     interleaved: bool = True
+    # the searches time each candidate in turn with the baseline's file (``--latency-anchor``;
+    # files from before 2026-11-25's third run have no such key: candidates timed alone)
+    anchored: bool = True
     quick: bool = False
     arms: tuple[str, ...] = field(default_factory=lambda: tuple(ARMS))
 
@@ -87,13 +90,6 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
     durations: dict[str, float] = {}
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     task = _task(work)
-    base_config = SearchConfig(
-        device=plan.device,
-        runtime=plan.runtime,
-        threads=plan.threads,
-        home=work,
-        trials=plan.search_trials,
-    )
     folder = work / "models"
     baseline = baseline_target(task, folder / "baseline", plan.runtime)
     base_ms = measure_latency(
@@ -103,6 +99,18 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
         device=plan.device,
         threads=plan.threads,
     ).p50_ms
+    # Every study scales its anchored latencies to this one figure, so budgets, fronts and
+    # hypervolumes of all searches are in one unit: a share of this p50 is the same ratio
+    # to the baseline in every study, whatever phase the machine was in when it began.
+    base_config = SearchConfig(
+        device=plan.device,
+        runtime=plan.runtime,
+        threads=plan.threads,
+        home=work,
+        trials=plan.search_trials,
+        latency_anchor=plan.anchored,
+        anchor_p50_ms=base_ms,
+    )
     say(f"baseline p50 {base_ms:.4f} ms; budgets {', '.join(f'{b:g}x' for b in plan.budgets)}")
 
     clock = time.perf_counter()

@@ -128,6 +128,14 @@ def run(
             "if it is over budget (default on).",
         ),
     ] = None,
+    latency_anchor: Annotated[
+        bool | None,
+        typer.Option(
+            "--latency-anchor/--no-latency-anchor",
+            help="Time each candidate in turn with the baseline's file and scale by their "
+            "ratio, so a busy machine's slow phases cancel (default on).",
+        ),
+    ] = None,
     sampler: Annotated[
         str | None,
         typer.Option(help="Optuna sampler: tpe (the default) or random."),
@@ -183,6 +191,7 @@ def run(
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
         "latency-first": latency_first,
+        "latency-anchor": latency_anchor,
         "sampler": sampler,
         "references": references,
         "allow-mixed-hardware": allow_mixed_hardware,

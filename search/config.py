@@ -101,6 +101,12 @@ class SearchConfig:
             baseline (pruning 50%, int8 static, both); off, the baseline alone.
         latency_first: measure each candidate's architecture and number format before
             fine-tuning it, and stop a trial whose draft is over the budget.
+        latency_anchor: time each candidate in turn with the baseline's file and scale
+            its figures by their ratio (``search.latency.measure_anchored``), so a shared
+            machine's slow phases cancel; off, each candidate is timed alone.
+        anchor_p50_ms: the baseline file's p50 the anchored figures are scaled to, for
+            studies that must share one scale (the benchmark's); None measures it when
+            the study is created (the same measurement a relative budget is taken from).
         allow_mixed_hardware: resume a study created on other hardware (its latencies
             then mix two machines' figures; refused by default).
         max_accuracy_drop: how far below the baseline's metric a candidate may fall and
@@ -139,6 +145,8 @@ class SearchConfig:
     # the search the way they do as members of an accuracy-size-latency front.
     max_accuracy_drop: float = 0.01
     latency_first: bool = True
+    latency_anchor: bool = True
+    anchor_p50_ms: float | None = None
     sampler: str = "tpe"
     references: bool = True
     allow_mixed_hardware: bool = False

@@ -10,7 +10,7 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +20,7 @@ import numpy as np
 from search.memory import peak_memory
 
 if TYPE_CHECKING:
-    from search.runtime import Artifact
+    from search.runtime import Artifact, Predictor
 
 MIN_WARMUP_RUNS = 20
 MIN_WARMUP_S = 0.2
@@ -71,6 +71,10 @@ class LatencyStats:
     p50_ci_ms: float | None = None
     first_ms: float | None = None
     peak_memory_mb: float | None = None
+    # Anchored (``measure_anchored``): the figures above are scaled to the anchor's p50;
+    # these are the candidate's own p50 as timed, and the anchor's p50 in the same turns.
+    raw_p50_ms: float | None = None
+    anchor_now_ms: float | None = None
 
     def as_dict(self) -> dict[str, float | int | str | None]:
         return asdict(self)
@@ -122,6 +126,96 @@ def measure_latency(
         p50_ci_ms=median_ci_half_width(times_ms),
         first_ms=first_ms,
         peak_memory_mb=memory.mb,
+    )
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The file every candidate of a study is timed in turn with, and its p50 of record.
+
+    The baseline's deployed file; ``p50_ms`` is its p50 as measured once for the study
+    (stored with it, so every worker and every resume scales to the same figure).
+    """
+
+    artifact: Artifact
+    p50_ms: float
+
+
+def measure_anchored(
+    artifact: Artifact,
+    inputs: np.ndarray,
+    anchor: Anchor,
+    *,
+    runtime: str = "onnxruntime",
+    device: str = "cpu",
+    threads: int = 1,
+    stop_above_ms: float | None = None,
+) -> LatencyStats:
+    """Time ``artifact`` in turn with ``anchor``'s file; figures scaled to the anchor's p50.
+
+    Why: a shared machine's speed changes in phases of seconds (measured here: the same
+    file at 0.64 then 1.0 ms, phases of 1 to 7 s). A candidate timed alone in a slow
+    phase reads up to 2x slow, and a search stopped or dropped good candidates for it. In
+    turn (``interleaved_times``), candidate and anchor see the same phases, so their
+    ratio does not move with them; the candidate's figures are its times times
+    ``anchor.p50_ms`` over the anchor's median in these turns. A ratio against the
+    baseline, as a relative budget is, is then the measured ratio. The candidate's own
+    median (``raw_p50_ms``) and the anchor's (``anchor_now_ms``) are kept beside it.
+
+    Warm-up, repeats, precision and screening (``stop_above_ms``, judged on the scaled
+    median after the first turns) follow ``measure_latency``; ``first_ms`` and the peak
+    memory are the candidate's own (the anchor is loaded and warm before they are taken).
+    """
+    from search.runtimes import open_predictor
+
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    batch = int(inputs.shape[0])
+
+    def too_slow(times_s: list[np.ndarray]) -> bool:
+        assert stop_above_ms is not None
+        scale = anchor.p50_ms / (float(np.median(times_s[1])) * 1e3)
+        return float(np.median(times_s[0])) * 1e3 * scale > SCREEN_MARGIN * stop_above_ms
+
+    def opened(file: Artifact) -> contextlib.AbstractContextManager[Predictor]:
+        return open_predictor(
+            file, runtime=runtime, device=device, threads=threads, batch_size=batch
+        )
+
+    with opened(anchor.artifact) as anchoring:
+        anchor_block, _ = _block_calls(anchoring.run, inputs)
+        with (
+            peak_memory(device, runtime) as memory,
+            opened(artifact) as predictor,
+        ):
+            tick = time.perf_counter()
+            predictor.run(inputs)
+            first_ms = (time.perf_counter() - tick) * 1e3
+            block, warmup_runs = _block_calls(predictor.run, inputs)
+            own_ms, anchor_ms = _in_turn(
+                [predictor.run, anchoring.run],
+                [block, anchor_block],
+                inputs,
+                screen=too_slow if stop_above_ms is not None else None,
+            )
+    anchor_now_ms = float(np.median(anchor_ms))
+    times_ms = own_ms * (anchor.p50_ms / anchor_now_ms)
+    return LatencyStats(
+        p50_ms=float(np.percentile(times_ms, 50)),
+        p95_ms=float(np.percentile(times_ms, 95)),
+        p99_ms=float(np.percentile(times_ms, 99)),
+        mean_ms=float(times_ms.mean()),
+        std_ms=float(times_ms.std()),
+        repeats=len(times_ms),
+        warmup_runs=1 + warmup_runs,
+        threads=threads,
+        batch_size=batch,
+        device=device,
+        runtime=predictor.label,
+        p50_ci_ms=median_ci_half_width(times_ms),
+        first_ms=first_ms,
+        peak_memory_mb=memory.mb,
+        raw_p50_ms=float(np.median(own_ms)),
+        anchor_now_ms=anchor_now_ms,
     )
 
 
@@ -212,36 +306,58 @@ def interleaved_times(
             ).run
             for artifact in artifacts
         ]
-        blocks = [_block_calls(run, inputs) for run in runs]
-        times_s: list[list[float]] = [[] for _ in runs]
-        started = time.perf_counter()
-        while True:
-            for run, calls, kept in zip(runs, blocks, times_s, strict=True):
-                run(inputs)  # refills the caches after the other files' turns
-                for _ in range(calls):
-                    tick = time.perf_counter()
-                    run(inputs)
-                    kept.append(time.perf_counter() - tick)
-            fewest, elapsed = min(len(kept) for kept in times_s), time.perf_counter() - started
-            if elapsed >= MAX_MEASURE_S * len(runs):
+        blocks = [_block_calls(run, inputs)[0] for run in runs]
+        return _in_turn(runs, blocks, inputs)
+
+
+def _in_turn(
+    runs: Sequence[Callable[[np.ndarray], object]],
+    blocks: Sequence[int],
+    inputs: np.ndarray,
+    *,
+    screen: Callable[[list[np.ndarray]], bool] | None = None,
+) -> list[np.ndarray]:
+    """Per-call times in ms of each of ``runs``, in turns of ``blocks`` calls each.
+
+    The turns stop as ``interleaved_times`` says; with ``screen``, also once every run has
+    ``SCREEN_REPEATS`` calls, if ``screen`` (given the times so far, in seconds) says so.
+    """
+    times_s: list[list[float]] = [[] for _ in runs]
+    started, screened = time.perf_counter(), screen is None
+    while True:
+        for run, calls, kept in zip(runs, blocks, times_s, strict=True):
+            run(inputs)  # refills the caches after the other files' turns
+            for _ in range(calls):
+                tick = time.perf_counter()
+                run(inputs)
+                kept.append(time.perf_counter() - tick)
+        fewest, elapsed = min(len(kept) for kept in times_s), time.perf_counter() - started
+        if not screened and fewest >= SCREEN_REPEATS:
+            screened = True
+            assert screen is not None
+            if screen([np.asarray(kept) for kept in times_s]):
                 break
-            if fewest < MIN_REPEATS or elapsed < MIN_MEASURE_S * len(runs):
-                continue
-            if fewest >= MAX_REPEATS or all(_precise(np.asarray(kept)) for kept in times_s):
-                break
+        if elapsed >= MAX_MEASURE_S * len(runs):
+            break
+        if fewest < MIN_REPEATS or elapsed < MIN_MEASURE_S * len(runs):
+            continue
+        if fewest >= MAX_REPEATS or all(_precise(np.asarray(kept)) for kept in times_s):
+            break
     return [np.asarray(kept) * 1e3 for kept in times_s]
 
 
-def _block_calls(run: Callable[[np.ndarray], object], inputs: np.ndarray) -> int:
-    """Warm ``run`` up as ``measure_latency`` does; how many calls fill one ``BLOCK_S``."""
+def _block_calls(run: Callable[[np.ndarray], object], inputs: np.ndarray) -> tuple[int, int]:
+    """Warm ``run`` up as ``measure_latency`` does: how many calls fill one ``BLOCK_S``,
+    and how many warm-up calls it took."""
     run(inputs)
-    _warm_up(run, inputs)
+    warmup_runs = _warm_up(run, inputs)
     window = []
     for _ in range(WARMUP_WINDOW):
         tick = time.perf_counter()
         run(inputs)
         window.append(time.perf_counter() - tick)
-    return min(MAX_REPEATS // 10, max(2, int(BLOCK_S / float(np.median(window)))))
+    calls = min(MAX_REPEATS // 10, max(2, int(BLOCK_S / float(np.median(window)))))
+    return calls, 1 + warmup_runs + WARMUP_WINDOW
 
 
 def _precise(times: np.ndarray) -> bool:

@@ -32,7 +32,14 @@ import torch
 from torch import nn
 
 from search.escalation import escalate_reference
-from search.latency import MIN_REPEATS, LatencyStats, measure_latency, measurement_lock
+from search.latency import (
+    MIN_REPEATS,
+    Anchor,
+    LatencyStats,
+    measure_anchored,
+    measure_latency,
+    measurement_lock,
+)
 from search.phases import PhaseClock
 from search.runtime import Artifact, compact_names, graph_signature
 from search.runtimes import ONNXRUNTIME, evaluate, export, formats
@@ -76,6 +83,9 @@ class TrialSettings:
     eval_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     layer_caps: Mapping[str, float] = field(default_factory=dict)  # --use-sensitivity
     fixed_names: frozenset[str] = frozenset()  # parameters the user pinned (--fix / --off)
+    # every candidate timed in turn with the baseline's file (``measure_anchored``); None:
+    # timed alone (``--no-latency-anchor``)
+    anchor: Anchor | None = None
 
 
 @dataclass(frozen=True)
@@ -260,14 +270,19 @@ class TrialObjective:
             measurement_lock(self.settings.lock_dir, self.settings.device),
             self._clock.phase("latency"),
         ):
-            latency = measure_latency(
-                artifact,
-                self.task.example_inputs(self.settings.batch_size).numpy(),
-                runtime=self.settings.runtime,
-                device=self.settings.device,
-                threads=self.settings.threads,
-                stop_above_ms=self.settings.latency_budget_ms if screen else None,
-            )
+            inputs = self.task.example_inputs(self.settings.batch_size).numpy()
+            settings, anchor = self.settings, self.settings.anchor
+            stop_above_ms = settings.latency_budget_ms if screen else None
+            if anchor is not None:
+                latency = measure_anchored(
+                    artifact, inputs, anchor, runtime=settings.runtime, device=settings.device,
+                    threads=settings.threads, stop_above_ms=stop_above_ms,
+                )  # fmt: skip
+            else:
+                latency = measure_latency(
+                    artifact, inputs, runtime=settings.runtime, device=settings.device,
+                    threads=settings.threads, stop_above_ms=stop_above_ms,
+                )  # fmt: skip
         trial.set_user_attr("latency", latency.as_dict())
         return latency
 
@@ -316,6 +331,9 @@ class TrialObjective:
             "feasible": feasible,
             "trial_seconds": time.perf_counter() - started,
         }
+        if latency.raw_p50_ms is not None:  # anchored: its own p50 and the baseline's, in turn
+            metrics["latency_raw_p50_ms"] = latency.raw_p50_ms
+            metrics["latency_anchor_ms"] = cast(float, latency.anchor_now_ms)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("scheme", artifact.scheme)

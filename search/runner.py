@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from torch import nn
 
 from search.config import SearchConfig, format_ms
 from search.errors import ConfigError, TaskError
-from search.latency import hardware_fingerprint, measure_latency
+from search.latency import Anchor, hardware_fingerprint, measure_latency
 from search.levers import (
     SpaceRow,
     check_levers_and_options,
@@ -49,7 +49,13 @@ from search.pareto import (
 from search.recovery import failure_streak
 from search.runtime import Artifact
 from search.runtimes import check_target, evaluate
-from search.study import baseline_trial, is_feasible, open_study, stored_budget_ms
+from search.study import (
+    ANCHOR_P50_KEY,
+    baseline_trial,
+    is_feasible,
+    open_study,
+    stored_figures,
+)
 from search.study_plots import write_study_plots
 from search.task import Task, load_task
 from search.tracking import STUDY_TAG, Tracker, tracker_for
@@ -89,7 +95,18 @@ class SearchResult:
 def run_search(
     config: SearchConfig, *, task: Task | None = None, on_trial: TrialCallback | None = None
 ) -> SearchResult:
-    """Run (or continue) the study described by ``config`` and log it to MLflow."""
+    """Run (or continue) the study described by ``config`` and log it to MLflow.
+
+    The baseline's deployed file lives in a scratch folder for the whole run: it is the
+    anchor every candidate is timed in turn with (``search.latency.measure_anchored``).
+    """
+    with tempfile.TemporaryDirectory(prefix="search-base-") as scratch:
+        return _run_search(config, task, on_trial, Path(scratch))
+
+
+def _run_search(
+    config: SearchConfig, task: Task | None, on_trial: TrialCallback | None, scratch: Path
+) -> SearchResult:
     check_target(config.runtime, config.device)
     task = task or load_task(config.task, cache_dir=config.cache_dir)
     config.studies_dir.mkdir(parents=True, exist_ok=True)
@@ -104,25 +121,30 @@ def run_search(
     prepared = prepare_space(config, task)  # a bad model or --fix fails before any write
     ctx, notes, fixed = prepared.ctx, prepared.not_applicable, prepared.fixed
     base_model = ctx.base_model
-    with tempfile.TemporaryDirectory(prefix="search-base-") as scratch:
-        base_artifact = deploy_baseline(base_model, task, Path(scratch), config.runtime)
-        baseline_accuracy = evaluate(
-            base_artifact,
-            task.data("val"),
-            task.metric,
-            runtime=config.runtime,
-            device=config.device,
-            threads=os.cpu_count() or 1,
-            batch_size=config.batch_size,
-        )
-        if config.latency_budget_factor is not None:
-            config = replace(
-                config, latency_budget_ms=_relative_budget(config, task, base_artifact)
-            )
+    base_artifact = deploy_baseline(base_model, task, scratch, config.runtime)
+    baseline_accuracy = evaluate(
+        base_artifact,
+        task.data("val"),
+        task.metric,
+        runtime=config.runtime,
+        device=config.device,
+        threads=os.cpu_count() or 1,
+        batch_size=config.batch_size,
+    )
+    stored = stored_figures(config, task.name)
+    measured: dict[str, float] = {}
+    if config.latency_anchor or config.latency_budget_factor is not None:
+        measured[ANCHOR_P50_KEY] = _anchor_p50_ms(config, task, base_artifact, stored)
+    if config.latency_budget_factor is not None:
+        budget_ms = config.latency_budget_factor * measured[ANCHOR_P50_KEY]
+        config = replace(config, latency_budget_ms=stored.get("latency_budget_ms", budget_ms))
     references = constrain_references(reference_trials(ctx), fixed, config.levers.off)
     if not config.references:  # the baseline stays: every ratio is against it
         references = references[:1]
-    study = open_study(config, task.name, references, fixed)
+    study = open_study(config, task.name, references, fixed, measured=measured)
+    anchor = None
+    if config.latency_anchor:  # another process may have kept its figure a moment ago
+        anchor = Anchor(base_artifact, float(study.user_attrs[ANCHOR_P50_KEY]))
     tracker = tracker_for(config)
     experiment_id = tracker.experiment_id(study.study_name)
     # Enqueued reference trials are WAITING, not yet run: count only finished ones.
@@ -156,6 +178,7 @@ def run_search(
             prepared,
             budget_ms=config.latency_budget_ms,
             accuracy_floor=baseline_accuracy - config.max_accuracy_drop,
+            anchor=anchor,
         )
         if config.workers == 1:
             link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
@@ -232,6 +255,7 @@ def trial_settings(
     budget_ms: float,
     accuracy_floor: float,
     latency_first: bool | None = None,
+    anchor: Anchor | None = None,
 ) -> TrialSettings:
     """What every trial of this invocation needs to know, from the config and the space."""
     return TrialSettings(
@@ -249,6 +273,7 @@ def trial_settings(
         runtime=config.runtime,
         layer_caps=prepared.ctx.layer_caps,
         fixed_names=frozenset(prepared.fixed),
+        anchor=anchor,
     )
 
 
@@ -277,12 +302,18 @@ def search_space(config: SearchConfig, task: Task) -> tuple[list[SpaceRow], dict
     return rows, prepared.not_applicable
 
 
-def _relative_budget(config: SearchConfig, task: Task, base_artifact: Artifact) -> float:
-    """``factor x`` the baseline's p50 here, or the figure the study was created with."""
-    stored = stored_budget_ms(config, task.name)
-    if stored is not None:
-        return stored
-    assert config.latency_budget_factor is not None
+def _anchor_p50_ms(
+    config: SearchConfig, task: Task, base_artifact: Artifact, stored: Mapping[str, float]
+) -> float:
+    """The baseline's p50 of record: the study's, the config's, or measured here now.
+
+    A relative budget is a factor of this figure, and anchored latencies are scaled to
+    it, so within a study a candidate's ratio to the baseline is its measured ratio.
+    """
+    if ANCHOR_P50_KEY in stored:
+        return stored[ANCHOR_P50_KEY]
+    if config.anchor_p50_ms is not None:
+        return config.anchor_p50_ms
     baseline = measure_latency(
         base_artifact,
         task.example_inputs(config.batch_size).numpy(),
@@ -290,7 +321,7 @@ def _relative_budget(config: SearchConfig, task: Task, base_artifact: Artifact) 
         device=config.device,
         threads=config.threads,
     )
-    return config.latency_budget_factor * baseline.p50_ms
+    return baseline.p50_ms
 
 
 def _recorded_config(config: SearchConfig) -> dict[str, Any]:

@@ -37,6 +37,7 @@ _IDENTITY_KEYS = (
     "threads",
     "batch_size",
     "max_accuracy_drop",
+    "latency_anchor",
 )
 
 
@@ -50,6 +51,7 @@ def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
         "threads": config.threads,
         "batch_size": config.batch_size,
         "max_accuracy_drop": config.max_accuracy_drop,
+        "latency_anchor": config.latency_anchor,
     }
 
 
@@ -114,14 +116,21 @@ def _masked(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-def stored_budget_ms(config: SearchConfig, task_name: str) -> float | None:
-    """The budget an existing study was created with (how a relative budget stays fixed)."""
+# Figures measured when a study is created and kept by it: a relative budget resolved to
+# milliseconds, and the anchor's p50 every anchored latency is scaled to.
+ANCHOR_P50_KEY = "anchor_p50_ms"
+STORED_FIGURES = ("latency_budget_ms", ANCHOR_P50_KEY)
+
+
+def stored_figures(config: SearchConfig, task_name: str) -> dict[str, float]:
+    """Those of ``STORED_FIGURES`` an existing study has (none for a new study)."""
     storage = make_storage(config.storage_url)
     name = config.resolved_study_name(task_name)
     for summary in optuna.get_all_study_summaries(storage):
-        if summary.study_name == name and "latency_budget_ms" in summary.user_attrs:
-            return float(summary.user_attrs["latency_budget_ms"])
-    return None
+        if summary.study_name == name:
+            attrs = summary.user_attrs
+            return {key: float(attrs[key]) for key in STORED_FIGURES if key in attrs}
+    return {}
 
 
 def open_study(
@@ -129,6 +138,7 @@ def open_study(
     task_name: str,
     first_trials: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
     fixed: Mapping[str, Any] | None = None,
+    measured: Mapping[str, float] | None = None,
 ) -> optuna.Study:
     """Create the study, or resume it if its identity matches this run's.
 
@@ -136,7 +146,8 @@ def open_study(
     so a resumed study does not replay the random start-up suggestions it already tried.
     On a new study ``first_trials`` (params, user attrs) are enqueued: the uncompressed
     baseline as trial 0, then single-lever references. ``fixed`` parameters are pinned
-    for the trials this invocation samples (``search.levers``).
+    for the trials this invocation samples (``search.levers``). ``measured`` figures
+    (``STORED_FIGURES``) are kept by the study where it has none yet.
     """
     from search.recovery import StaleTrialHandler
 
@@ -182,6 +193,10 @@ def open_study(
         study.set_user_attr("objective", config.objective)
         for params, user_attrs in first_trials:
             study.enqueue_trial(dict(params), user_attrs=dict(user_attrs))
+    kept = study.user_attrs
+    for key, value in (measured or {}).items():
+        if key not in kept:  # a new study, or one created before it kept this figure
+            study.set_user_attr(key, value)
     return study
 
 

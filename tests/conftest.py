@@ -31,17 +31,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def shorter_latency_limits() -> Iterator[None]:
-    """Cap each latency measurement at 2 s and its warm-up at 1.5 s in this process.
+    """Time each file for 0.5 to 2 s, and warm it up for at most 1.5 s, in this process.
 
     Why: the tests check what the search does with a figure, not the figure's last percent,
     and on a machine whose speed changes in phases (2026-11-25) a median reaches its 1%
     precision late or not at all, so measurements ran on towards their 5 s limit: the
-    suite took 12 to 14 minutes there against 9 on a quiet machine. The minimums (100
-    calls, 1 s) stay. Spawned workers and subprocesses keep the shipped limits.
+    suite took 12 to 14 minutes there against 9 on a quiet machine. An anchored
+    measurement times two files, candidate and baseline, for twice as long; half a second
+    each keeps it at the one second a candidate alone had. The minimum of 100 calls stays.
+    Spawned workers and subprocesses keep the shipped limits.
     """
     import search.latency as latency
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(latency, "MIN_MEASURE_S", 0.5)
         patch.setattr(latency, "MAX_MEASURE_S", 2.0)
         patch.setattr(latency, "MAX_WARMUP_S", 1.5)
         yield

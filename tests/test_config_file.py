@@ -39,6 +39,13 @@ def test_a_config_file_sets_run_options_and_levers(tmp_path) -> None:
     assert config.levers.options() == {"width.per": "block"}
 
 
+def test_the_latency_anchor_is_on_unless_switched_off(tmp_path) -> None:
+    file = load_config_file(write(tmp_path, GOOD))
+    assert search_config_from({}, file, file.levers, home=tmp_path).latency_anchor is True
+    off = search_config_from({"latency-anchor": False}, file, file.levers, home=tmp_path)
+    assert off.latency_anchor is False
+
+
 def test_the_command_line_wins_over_the_file(tmp_path) -> None:
     file = load_config_file(write(tmp_path, GOOD))
     cli = LeverSettings(off=("quant",), fixed=(("prune.importance", "magnitude"),))

@@ -57,6 +57,14 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     widths = {k: v for k, v in baseline.items() if k.startswith("width.expand.")}
     assert widths and set(widths.values()) == {6}  # every stage at its trained ratio
     assert result.baseline is not None and result.baseline.number == 0
+    # Anchored by default: every measured figure is the candidate's own, scaled by the
+    # baseline file's p50 of record over its p50 in the same turns; the baseline reads it.
+    anchor_ms = study.user_attrs["anchor_p50_ms"]
+    for trial in finished(study):
+        latency = trial.user_attrs["latency"]
+        scale = anchor_ms / latency["anchor_now_ms"]
+        assert latency["p50_ms"] == pytest.approx(scale * latency["raw_p50_ms"], rel=1e-6)
+    assert study.trials[0].user_attrs["latency"]["p50_ms"] == pytest.approx(anchor_ms, rel=0.25)
 
     client = MlflowClient(tracking_uri=config.mlflow_uri)
     experiment = client.get_experiment_by_name(result.study_name)
@@ -95,6 +103,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     again = run_search(config, task=tiny_task)
     assert again.study_name == result.study_name and again.trials_run == 3
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    assert study.user_attrs["anchor_p50_ms"] == anchor_ms  # kept, not measured again
     assert [t.number for t in finished(study)] == list(range(6))
     parents, children = runs_of(client, experiment.experiment_id)
     assert len(parents) == 2 and len(children) == 6
@@ -214,8 +223,21 @@ def test_a_relative_budget_is_resolved_once_and_kept_by_the_study(home, tiny_tas
     baseline_p50 = study.trials[0].values[1]
     assert 0.3 * baseline_p50 < first.latency_budget_ms < 0.7 * baseline_p50
     assert study.user_attrs["latency_budget_ms"] == first.latency_budget_ms
+    assert first.latency_budget_ms == pytest.approx(0.5 * study.user_attrs["anchor_p50_ms"])
     again = run_search(config, task=tiny_task)  # not re-measured: the study's figure holds
     assert again.latency_budget_ms == first.latency_budget_ms
+
+
+def test_a_given_anchor_p50_is_the_scale_of_every_figure(home, tiny_task) -> None:
+    """The benchmark gives all its studies one baseline p50: each study's baseline trial,
+    timed in turn with the same file, then reads that p50, whatever it reads alone."""
+    config = config_for(home, trials=1, study_name="given", anchor_p50_ms=50.0)
+    run_search(config, task=tiny_task)
+    study = optuna.load_study(study_name="given", storage=config.storage_url)
+    assert study.user_attrs["anchor_p50_ms"] == 50.0
+    latency = study.trials[0].user_attrs["latency"]
+    assert latency["p50_ms"] == pytest.approx(50.0, rel=0.1)
+    assert latency["raw_p50_ms"] < 5.0  # the tiny model alone: far under a millisecond
 
 
 def test_a_study_refuses_latencies_from_other_hardware(home, tiny_task, monkeypatch) -> None:
@@ -240,6 +262,10 @@ def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
     with pytest.raises(StudyError, match="latency_budget_ms=1000ms"):
         run_search(
             config_for(home, trials=1, study_name="s", latency_budget_ms=5.0), task=tiny_task
+        )
+    with pytest.raises(StudyError, match="latency_anchor=True"):  # figures of two protocols
+        run_search(
+            config_for(home, trials=1, study_name="s", latency_anchor=False), task=tiny_task
         )
 
 

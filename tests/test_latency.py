@@ -109,12 +109,23 @@ def test_the_measurement_lock_makes_a_second_process_wait(tmp_path) -> None:
 
 def test_files_timed_in_turn_each_get_a_block_of_their_own_length(tiny_task, tmp_path) -> None:
     """Turns of equal time: the faster file gets more calls; each is timed fully."""
-    import torch
-
     from search.latency import MIN_REPEATS, interleaved_times
 
     example = tiny_task.example_inputs(1)
-    wide = torch.nn.Sequential(  # tens of millions of MACs in a few weights
+    small, large = _small_and_large(tiny_task, tmp_path)
+    times = interleaved_times([large, small], example.numpy(), threads=1)
+    assert len(times) == 2 and min(len(t) for t in times) >= MIN_REPEATS
+    assert len(times[1]) > len(times[0])  # same time per turn, shorter calls
+    alone = measure_latency(large, example.numpy(), threads=1)
+    assert np.median(times[0]) == pytest.approx(alone.p50_ms, rel=0.5)
+
+
+def _small_and_large(tiny_task, folder):
+    """The tiny task's model, and a wide one of tens of millions of MACs in few weights."""
+    import torch
+
+    example = tiny_task.example_inputs(1)
+    wide = torch.nn.Sequential(
         torch.nn.Conv2d(example.shape[1], 64, 3, padding=1),
         torch.nn.ReLU(),
         torch.nn.Conv2d(64, 64, 3, padding=1),
@@ -124,10 +135,43 @@ def test_files_timed_in_turn_each_get_a_block_of_their_own_length(tiny_task, tmp
         torch.nn.Flatten(),
         torch.nn.Linear(64, 10),
     ).eval()
-    small = export_onnx(tiny_task.build_model(), example, tmp_path / "small.onnx")
-    large = export_onnx(wide, example, tmp_path / "large.onnx")
-    times = interleaved_times([large, small], example.numpy(), threads=1)
-    assert len(times) == 2 and min(len(t) for t in times) >= MIN_REPEATS
-    assert len(times[1]) > len(times[0])  # same time per turn, shorter calls
-    alone = measure_latency(large, example.numpy(), threads=1)
-    assert np.median(times[0]) == pytest.approx(alone.p50_ms, rel=0.5)
+    small = export_onnx(tiny_task.build_model(), example, folder / "small.onnx")
+    return small, export_onnx(wide, example, folder / "large.onnx")
+
+
+def test_an_anchored_figure_is_the_candidate_scaled_to_the_anchor_s_p50(
+    tiny_task, tmp_path
+) -> None:
+    """Told that the anchor's p50 is three times what it reads now, a candidate timed in
+    turn with it reads three times its own p50; its own and the anchor's are kept."""
+    from search.latency import MIN_REPEATS, Anchor, measure_anchored
+
+    inputs = tiny_task.example_inputs(1).numpy()
+    small, large = _small_and_large(tiny_task, tmp_path)
+    anchor_alone = measure_latency(large, inputs, threads=1).p50_ms
+    small_alone = measure_latency(small, inputs, threads=1).p50_ms
+    anchored = measure_anchored(small, inputs, Anchor(large, 3 * anchor_alone), threads=1)
+    assert anchored.raw_p50_ms == pytest.approx(small_alone, rel=0.5)
+    assert anchored.anchor_now_ms == pytest.approx(anchor_alone, rel=0.5)
+    scale = 3 * anchor_alone / anchored.anchor_now_ms
+    assert anchored.p50_ms == pytest.approx(scale * anchored.raw_p50_ms, rel=1e-6)
+    assert anchored.p50_ms == pytest.approx(3 * small_alone, rel=0.5)
+    assert anchored.p50_ms <= anchored.p95_ms <= anchored.p99_ms
+    assert anchored.repeats >= MIN_REPEATS and anchored.first_ms is not None
+    itself = measure_anchored(large, inputs, Anchor(large, anchor_alone), threads=1)
+    assert itself.p50_ms == pytest.approx(anchor_alone, rel=0.1)  # the anchor reads its p50
+
+
+def test_an_anchored_candidate_over_the_budget_is_screened_on_its_scaled_median(
+    tiny_task, tmp_path
+) -> None:
+    from search.latency import MIN_REPEATS, Anchor, measure_anchored
+
+    inputs = tiny_task.example_inputs(1).numpy()
+    small, large = _small_and_large(tiny_task, tmp_path)
+    small_alone = measure_latency(small, inputs, threads=1).p50_ms
+    anchor = Anchor(large, measure_latency(large, inputs, threads=1).p50_ms)
+    screened = measure_anchored(small, inputs, anchor, threads=1, stop_above_ms=small_alone / 4)
+    kept = measure_anchored(small, inputs, anchor, threads=1, stop_above_ms=4 * small_alone)
+    assert kept.repeats >= MIN_REPEATS
+    assert 5 * screened.repeats < kept.repeats  # one turn of 20 ms, not the whole protocol
