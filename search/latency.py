@@ -320,12 +320,15 @@ def _in_turn(
     """Per-call times in ms of each of ``runs``, in turns of ``blocks`` calls each.
 
     The turns stop as ``interleaved_times`` says; with ``screen``, also once every run has
-    ``SCREEN_REPEATS`` calls, if ``screen`` (given the times so far, in seconds) says so.
+    ``SCREEN_REPEATS`` calls, if ``screen`` (given the times so far, in seconds) says so;
+    the first turns are then at most that long, so a screened figure rests on as few
+    calls as ``measure_latency``'s.
     """
     times_s: list[list[float]] = [[] for _ in runs]
     started, screened = time.perf_counter(), screen is None
     while True:
-        for run, calls, kept in zip(runs, blocks, times_s, strict=True):
+        for run, block, kept in zip(runs, blocks, times_s, strict=True):
+            calls = block if screened else max(0, min(block, SCREEN_REPEATS - len(kept)))
             run(inputs)  # refills the caches after the other files' turns
             for _ in range(calls):
                 tick = time.perf_counter()
