@@ -51,6 +51,7 @@ def test_thread_count_is_restored_after_a_torch_predictor(program) -> None:
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.slow  # 20 s of torch.compile on 2 cores; scripts/test.sh --slow runs it
 def test_a_compiled_program_is_fed_its_batch_size_padded(program, tiny_task) -> None:
     x = tiny_task.example_inputs(5).numpy()
     with open_predictor(program, runtime="torch") as eager:
