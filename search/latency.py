@@ -11,7 +11,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,6 +111,15 @@ def measure_latency(
         first_ms = (time.perf_counter() - tick) * 1e3
         warmup_runs = 1 + _warm_up(predictor.run, inputs)
         times_ms = _timed_calls(predictor.run, inputs, stop_above_ms)
+    return replace(
+        _summary(times_ms),
+        warmup_runs=warmup_runs, threads=threads, batch_size=batch, device=device,
+        runtime=predictor.label, first_ms=first_ms, peak_memory_mb=memory.mb,
+    )  # fmt: skip
+
+
+def _summary(times_ms: np.ndarray) -> LatencyStats:
+    """The statistics of per-call times; the protocol fields are the caller's to fill."""
     return LatencyStats(
         p50_ms=float(np.percentile(times_ms, 50)),
         p95_ms=float(np.percentile(times_ms, 95)),
@@ -118,14 +127,12 @@ def measure_latency(
         mean_ms=float(times_ms.mean()),
         std_ms=float(times_ms.std()),
         repeats=len(times_ms),
-        warmup_runs=warmup_runs,
-        threads=threads,
-        batch_size=batch,
-        device=device,
-        runtime=predictor.label,
+        warmup_runs=0,
+        threads=0,
+        batch_size=0,
+        device="",
+        runtime="",
         p50_ci_ms=median_ci_half_width(times_ms),
-        first_ms=first_ms,
-        peak_memory_mb=memory.mb,
     )
 
 
@@ -198,25 +205,12 @@ def measure_anchored(
                 screen=too_slow if stop_above_ms is not None else None,
             )
     anchor_now_ms = float(np.median(anchor_ms))
-    times_ms = own_ms * (anchor.p50_ms / anchor_now_ms)
-    return LatencyStats(
-        p50_ms=float(np.percentile(times_ms, 50)),
-        p95_ms=float(np.percentile(times_ms, 95)),
-        p99_ms=float(np.percentile(times_ms, 99)),
-        mean_ms=float(times_ms.mean()),
-        std_ms=float(times_ms.std()),
-        repeats=len(times_ms),
-        warmup_runs=1 + warmup_runs,
-        threads=threads,
-        batch_size=batch,
-        device=device,
-        runtime=predictor.label,
-        p50_ci_ms=median_ci_half_width(times_ms),
-        first_ms=first_ms,
-        peak_memory_mb=memory.mb,
-        raw_p50_ms=float(np.median(own_ms)),
-        anchor_now_ms=anchor_now_ms,
-    )
+    return replace(
+        _summary(own_ms * (anchor.p50_ms / anchor_now_ms)),
+        warmup_runs=1 + warmup_runs, threads=threads, batch_size=batch, device=device,
+        runtime=predictor.label, first_ms=first_ms, peak_memory_mb=memory.mb,
+        raw_p50_ms=float(np.median(own_ms)), anchor_now_ms=anchor_now_ms,
+    )  # fmt: skip
 
 
 def _warm_up(run: Callable[[np.ndarray], object], inputs: np.ndarray) -> int:
