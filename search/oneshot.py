@@ -33,7 +33,7 @@ from torch import nn
 from search.compressibility import compressed_bytes, weight_sparsity
 from search.config import SearchConfig
 from search.errors import ConfigError
-from search.latency import LatencyStats, measure_latency, measurement_lock
+from search.latency import Anchor, LatencyStats, measure_latency, measurement_lock
 from search.levers import LeverSettings, explore_space, resolve
 from search.objective import (
     RunLink,
@@ -242,6 +242,9 @@ def run_one_shot(
             budget_ms=budget_ms,
             accuracy_floor=before.accuracy - config.max_accuracy_drop,
             latency_first=False,  # nothing to screen: the user asked for this model
+            # the result timed in turn with the input file, scaled to its p50: "x faster"
+            # is then their ratio in the same phases, not two moments of a busy machine
+            anchor=Anchor(base_artifact, before.p50_ms) if config.latency_anchor else None,
         )
         parent = None
         if len(schedule) > 1 or from_trial is not None:
