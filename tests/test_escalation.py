@@ -36,6 +36,7 @@ def test_a_float32_reference_is_stored_smaller_where_the_runtime_offers_it() -> 
     assert smaller_params({**params, "quant.scheme": "int8-static"}, formats=offered) is None
 
 
+@pytest.mark.slow  # 20-35 s on 2 cores; scripts/test.sh --slow runs it
 def test_a_feasible_reference_is_stored_smaller_on_its_fine_tuned_model(home, tiny_task) -> None:
     levers = LeverSettings(off=("width", "lowrank", "lora"))
     config = config_for(home, trials=5, latency_budget_ms=1000.0, levers=levers)

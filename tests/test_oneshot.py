@@ -187,6 +187,7 @@ def test_schedules_are_ratios_of_the_input_on_the_levers_grid() -> None:
         schedule_steps("lowrank", (0.5,))
 
 
+@pytest.mark.slow  # 20-35 s on 2 cores; scripts/test.sh --slow runs it
 def test_a_trial_of_a_study_is_rebuilt_then_compressed_further(tiny_task, home) -> None:
     from search.oneshot import TrialRef
     from search.runner import run_search

@@ -115,6 +115,7 @@ def test_consecutive_failures_stop_the_study_and_are_summarised() -> None:
     assert failure_streak(study.trials) == (3, "ValueError: broken")
 
 
+@pytest.mark.slow  # 20-35 s on 2 cores; scripts/test.sh --slow runs it
 def test_a_trial_whose_loss_turns_nan_fails_with_its_reason_and_the_study_goes_on(
     tmp_path, tiny_task
 ) -> None:
