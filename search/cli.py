@@ -7,7 +7,6 @@ instant. Errors a user can fix print one line and exit with code 2.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,7 @@ import typer
 from rich.console import Console
 from typer._click import exceptions as click_errors  # typer 0.29 vendors click
 
-from search import cli_oneshot, cli_serve
+from search import cli_oneshot, cli_serve, interrupt
 from search.cli_options import (
     ConfigOption,
     DeviceOption,
@@ -568,7 +567,8 @@ def main() -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     # Ctrl-C (SIGINT) always means "stop cleanly": a shell starts background jobs with it
     # ignored, and an explicit `kill -INT` must still fail the trial and close its runs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The handler remembers the request, so one swallowed by a destructor is raised again.
+    interrupt.install()
     # MLflow draws a progress bar for every model it downloads (a baseline, a trial's file):
     # noise between the lines the commands print. The user's own setting wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

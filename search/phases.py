@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from search.interrupt import raise_if_interrupted
+
 # The phases that are the measured work; the rest of a trial is overhead.
 WORK_PHASES = ("fine_tune", "evaluate", "latency")
 
@@ -24,6 +26,7 @@ class PhaseClock:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        raise_if_interrupted()  # a phase boundary is where a swallowed Ctrl-C resurfaces
         started = time.perf_counter()
         try:
             yield

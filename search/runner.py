@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from torch import nn
 
+from search import interrupt
 from search.config import SearchConfig, format_ms
 from search.errors import ConfigError, TaskError
 from search.latency import Anchor, hardware_fingerprint, measure_latency
@@ -210,6 +211,7 @@ def _run_search(
             run_workers(jobs, study, on_trial)
         status = "FINISHED"
     except KeyboardInterrupt:
+        interrupt.delivered()  # the summary and the run's closing below must not see it again
         status = "KILLED"
         raise
     finally:

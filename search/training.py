@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from search.interrupt import raise_if_interrupted
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EpochCallback = Callable[[int, float], None]
 
@@ -208,6 +210,7 @@ def fit(
         for epoch in range(epochs):
             total, count = 0.0, 0
             for batch_inputs, batch_targets in loader:
+                raise_if_interrupted()  # a Ctrl-C swallowed by a destructor stops here
                 inputs, targets = batch_inputs.to(device), batch_targets.to(device)
                 opt.zero_grad(set_to_none=True)
                 with _mixed_precision(device):

@@ -170,6 +170,7 @@ def worker_main(job: WorkerJob) -> None:
     """One worker: load task, model and study, then run its share of trials."""
     import torch
 
+    from search import interrupt
     from search.levers import fixing_sampler
     from search.objective import RunLink
     from search.recovery import StaleTrialHandler
@@ -178,6 +179,7 @@ def worker_main(job: WorkerJob) -> None:
     from search.task import load_task
     from search.tracking import tracker_for
 
+    interrupt.install()  # the terminal's Ctrl-C reaches every worker; none may lose it
     torch.set_num_threads(job.torch_threads)
     # ERROR: a failed trial is reported by the progress line and in MLflow with its reason;
     # Optuna would also print its traceback as a warning.
