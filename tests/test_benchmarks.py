@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import pytest
 
-from benchmarks.compare import agreement
+from benchmarks.compare import ALPHA, agreement, same_search_p
 from benchmarks.hypervolume import Box, box_of, curve, feasible_points, hypervolume
 from benchmarks.overhead import overhead
 from benchmarks.report import render_markdown, results_stem
@@ -258,17 +258,46 @@ def test_two_runs_agree_when_rankings_match_and_spreads_overlap(tmp_path) -> Non
     assert not ok and any("DIFFERENT" in line for line in lines)
 
 
-def test_searched_models_agree_when_each_median_lies_within_the_other_runs_seeds(
+def _searched_by_seed(faster: list[float]) -> dict:
+    """A run whose searches' best models (one per seed) are ``faster`` times faster."""
+    results = _results(1.5, 0.1)
+    template = next(m for m in results["models"] if m["name"].startswith("best at"))
+    searched = []
+    for seed, value in enumerate(faster):
+        name = f"best at 0.5x, seed {seed} (trial 3)"
+        searched.append({**template, "name": name, "faster": [value, value - 0.1, value + 0.1]})
+    results["models"] = [m for m in results["models"] if m is not template] + searched
+    budget = results["compression"]["0.5x"]
+    budget["seeds"] = [{"seed": i, "name": m["name"]} for i, m in enumerate(searched)]
+    return results
+
+
+def test_searched_models_differ_only_when_no_split_of_their_seeds_is_as_far_apart(
     tmp_path,
 ) -> None:
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
-    a.write_text(json.dumps(_results(1.5, 0.1, best=(2.2, 2.0, 3.0))))
-    b.write_text(json.dumps(_results(1.5, 0.1, best=(2.6, 2.1, 2.9))))
-    c.write_text(json.dumps(_results(1.5, 0.1, best=(3.5, 2.1, 4.0))))  # median above a's
+    a.write_text(json.dumps(_searched_by_seed([2.15, 2.70, 4.21])))  # the ninth run's
+    b.write_text(json.dumps(_searched_by_seed([3.40, 3.72, 3.99])))  # the tenth run's
+    c.write_text(json.dumps(_searched_by_seed([4.30, 4.50, 4.60])))  # above all of a's
     ok, lines = agreement(a, b)
-    assert ok and "best at 0.5x, faster: median 2.20 (2.00–3.00) vs 2.60" in "\n".join(lines)
+    assert ok, lines
+    expected = "faster: median 2.70 (2.15 to 4.21) vs 3.72 (3.40 to 3.99): same search (p = 0.70"
+    assert expected in "\n".join(lines)
     ok, lines = agreement(a, c)
-    assert not ok and any("faster" in line and "OUTSIDE" in line for line in lines)
+    assert not ok and any("faster" in line and "DIFFERENT" in line for line in lines)
+
+
+def test_identical_searches_seldom_differ_with_three_seeds_a_side() -> None:
+    """The rule's false alarms: pairs of runs drawn from one search, three seeds each."""
+    rng = np.random.default_rng(0)
+    pairs = rng.lognormal(1.0, 0.3, size=(200, 2, 3)).tolist()
+    rank_sum = [same_search_p(one, two) <= ALPHA for one, two in pairs]
+    medians_inside = [
+        not (min(two) <= np.median(one) <= max(two) and min(one) <= np.median(two) <= max(one))
+        for one, two in pairs
+    ]
+    assert np.mean(rank_sum) <= 0.15  # 0.10 expected: 2 of the 20 splits
+    assert np.mean(medians_inside) >= 0.45  # the earlier rule: about 0.6
 
 
 def test_the_markdown_names_the_command_and_the_ratio() -> None:
