@@ -29,6 +29,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_handling_restored() -> Iterator[None]:
+    """A test that calls the CLI's ``main()`` in this process installs its Ctrl-C handler
+    and its quiet unraisable hook (``search/interrupt.py``); the next test gets pytest's."""
+    import signal
+
+    handler, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    yield
+    signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = hook
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shorter_latency_limits() -> Iterator[None]:
     """Time each file for 0.5 to 2 s, and warm it up for at most 1.5 s, in this process.

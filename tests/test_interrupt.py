@@ -24,12 +24,9 @@ from search.training import fit
 
 @pytest.fixture
 def ctrl_c_handler() -> Iterator[None]:
-    hook = sys.unraisablehook
-    interrupt.install()
+    interrupt.install()  # the handler and hook are put back by conftest.py
     yield
     interrupt.delivered()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.unraisablehook = hook
 
 
 class SendsCtrlCWhenCollected:
