@@ -209,6 +209,7 @@ def _run_search(
                 if share != 0
             ]
             run_workers(jobs, study, on_trial)
+        interrupt.raise_if_interrupted()  # one swallowed after the last trial's last phase
         status = "FINISHED"
     except KeyboardInterrupt:
         interrupt.delivered()  # the summary and the run's closing below must not see it again

@@ -31,6 +31,7 @@ from typing import Any
 
 import optuna
 
+from search import interrupt
 from search.config import SearchConfig
 from search.errors import SearchError
 
@@ -146,10 +147,12 @@ def run_workers(
         while any(process.is_alive() for process in processes):
             time.sleep(POLL_S)
             _report_new(study, reported, on_trial)
+            interrupt.raise_if_interrupted()  # SQLAlchemy's callbacks can swallow a Ctrl-C
     finally:
         for process in processes:
             process.join()
     _report_new(study, reported, on_trial)
+    interrupt.raise_if_interrupted()
     failed = [job.index for job, p in zip(jobs, processes, strict=True) if p.exitcode != 0]
     if failed:
         raise SearchError(
@@ -170,7 +173,6 @@ def worker_main(job: WorkerJob) -> None:
     """One worker: load task, model and study, then run its share of trials."""
     import torch
 
-    from search import interrupt
     from search.levers import fixing_sampler
     from search.objective import RunLink
     from search.recovery import StaleTrialHandler

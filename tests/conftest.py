@@ -35,8 +35,11 @@ def ctrl_c_handling_restored() -> Iterator[None]:
     and its quiet unraisable hook (``search/interrupt.py``); the next test gets pytest's."""
     import signal
 
+    from search import interrupt
+
     handler, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     yield
+    interrupt.delivered()  # a flag left set would stop a later test's training
     signal.signal(signal.SIGINT, handler)
     sys.unraisablehook = hook
 

@@ -248,19 +248,9 @@ def _results(faster_student: float, hv_random: float, best=(2.2, 2.0, 3.0)) -> d
     }
 
 
-def test_two_runs_agree_when_rankings_match_and_spreads_overlap(tmp_path) -> None:
-    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
-    a.write_text(json.dumps(_results(faster_student=1.5, hv_random=0.1)))
-    b.write_text(json.dumps(_results(faster_student=1.52, hv_random=0.2)))
-    c.write_text(json.dumps(_results(faster_student=2.5, hv_random=0.9)))
-    assert agreement(a, b)[0]
-    ok, lines = agreement(a, c)
-    assert not ok and any("DIFFERENT" in line for line in lines)
-
-
-def _searched_by_seed(faster: list[float]) -> dict:
+def _searched_by_seed(faster: list[float], results: dict | None = None) -> dict:
     """A run whose searches' best models (one per seed) are ``faster`` times faster."""
-    results = _results(1.5, 0.1)
+    results = results or _results(1.5, 0.1)
     template = next(m for m in results["models"] if m["name"].startswith("best at"))
     searched = []
     for seed, value in enumerate(faster):
@@ -270,6 +260,17 @@ def _searched_by_seed(faster: list[float]) -> dict:
     budget = results["compression"]["0.5x"]
     budget["seeds"] = [{"seed": i, "name": m["name"]} for i, m in enumerate(searched)]
     return results
+
+
+def test_two_runs_agree_when_rankings_match_and_spreads_overlap(tmp_path) -> None:
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    searched = [2.0, 2.2, 2.4]
+    a.write_text(json.dumps(_searched_by_seed(searched, _results(1.5, hv_random=0.1))))
+    b.write_text(json.dumps(_searched_by_seed(searched, _results(1.52, hv_random=0.2))))
+    c.write_text(json.dumps(_searched_by_seed(searched, _results(2.5, hv_random=0.9))))
+    assert agreement(a, b)[0]
+    ok, lines = agreement(a, c)
+    assert not ok and any("DIFFERENT" in line for line in lines)
 
 
 def test_searched_models_differ_only_when_no_split_of_their_seeds_is_as_far_apart(
@@ -285,6 +286,10 @@ def test_searched_models_differ_only_when_no_split_of_their_seeds_is_as_far_apar
     assert expected in "\n".join(lines)
     ok, lines = agreement(a, c)
     assert not ok and any("faster" in line and "DIFFERENT" in line for line in lines)
+    d = tmp_path / "d.json"
+    d.write_text(json.dumps(_searched_by_seed([3.40, 3.72])))  # one search found nothing
+    ok, lines = agreement(a, d)  # 2 and 3 seeds: the most extreme split has p = 0.20
+    assert not ok and any("TOO FEW seeds" in line for line in lines)
 
 
 def test_identical_searches_seldom_differ_with_three_seeds_a_side() -> None:

@@ -77,14 +77,7 @@ def test_a_swallowed_ctrl_c_resurfaces_at_the_next_phase_and_only_once(
     assert "cleanup" in clock.seconds
 
 
-def test_a_ctrl_c_that_reaches_its_handler_is_not_raised_twice(ctrl_c_handler: None) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)  # handled before the next bytecode
-    interrupt.delivered()  # what the runner does when it catches it
-    interrupt.raise_if_interrupted()
-
-
-def test_the_user_sees_no_traceback_for_the_swallowed_ctrl_c() -> None:
+def test_the_user_sees_one_line_not_a_traceback_for_the_swallowed_ctrl_c() -> None:
     """Outside pytest (which catches unraisable errors itself), as the CLI runs."""
     script = textwrap.dedent("""
         import os, signal
@@ -103,4 +96,7 @@ def test_the_user_sees_no_traceback_for_the_swallowed_ctrl_c() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert result.stdout == "stopped\n"
-    assert result.stderr == ""
+    assert result.stderr == (
+        "Ctrl-C arrived while Python was cleaning up; stopping at the next step "
+        "(press it again if nothing stops)\n"
+    )
