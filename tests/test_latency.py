@@ -117,11 +117,18 @@ def test_files_timed_in_turn_each_get_a_block_of_their_own_length(tiny_task, tmp
     assert len(times) == 2 and min(len(t) for t in times) >= MIN_REPEATS
     assert len(times[1]) > len(times[0])  # same time per turn, shorter calls
     alone = measure_latency(large, example.numpy(), threads=1)
-    assert np.median(times[0]) == pytest.approx(alone.p50_ms, rel=0.5)
+    assert _within_twice(float(np.median(times[0])), alone.p50_ms)
+
+
+def _within_twice(figure: float, other: float) -> bool:
+    """Two timings of one file taken seconds apart: this host's speed moves in phases of up
+    to 1.6x between them (seen in CI), so a band of 2x, not 50%, keeps the check honest."""
+    return other / 2 <= figure <= 2 * other
 
 
 def _small_and_large(tiny_task, folder):
-    """The tiny task's model, and a wide one of tens of millions of MACs in few weights."""
+    """The tiny task's model, and a wide one of a few million MACs in few weights (about
+    2.5x slower here: 0.49 against 0.19 ms)."""
     import torch
 
     example = tiny_task.example_inputs(1)
@@ -142,8 +149,9 @@ def _small_and_large(tiny_task, folder):
 def test_an_anchored_figure_is_the_candidate_scaled_to_the_anchor_s_p50(
     tiny_task, tmp_path
 ) -> None:
-    """Told that the anchor's p50 is three times what it reads now, a candidate timed in
-    turn with it reads three times its own p50; its own and the anchor's are kept."""
+    """Told that the anchor's p50 of record is three times what it reads alone, a candidate
+    timed in turn with it reads its own p50 times (record / anchor now); raw figures kept.
+    Both raw figures wobble on a busy host, so only the exact scaling is checked tightly."""
     from search.latency import MIN_REPEATS, Anchor, measure_anchored
 
     inputs = tiny_task.example_inputs(1).numpy()
@@ -151,11 +159,12 @@ def test_an_anchored_figure_is_the_candidate_scaled_to_the_anchor_s_p50(
     anchor_alone = measure_latency(large, inputs, threads=1).p50_ms
     small_alone = measure_latency(small, inputs, threads=1).p50_ms
     anchored = measure_anchored(small, inputs, Anchor(large, 3 * anchor_alone), threads=1)
-    assert anchored.raw_p50_ms == pytest.approx(small_alone, rel=0.5)
-    assert anchored.anchor_now_ms == pytest.approx(anchor_alone, rel=0.5)
+    assert anchored.raw_p50_ms < anchored.anchor_now_ms  # each file's own, not swapped
+    assert _within_twice(anchored.raw_p50_ms, small_alone)
+    assert _within_twice(anchored.anchor_now_ms, anchor_alone)
     scale = 3 * anchor_alone / anchored.anchor_now_ms
     assert anchored.p50_ms == pytest.approx(scale * anchored.raw_p50_ms, rel=1e-6)
-    assert anchored.p50_ms == pytest.approx(3 * small_alone, rel=0.5)
+    assert 1.5 * anchored.raw_p50_ms <= anchored.p50_ms <= 6 * anchored.raw_p50_ms  # scaled
     assert anchored.p50_ms <= anchored.p95_ms <= anchored.p99_ms
     assert anchored.repeats >= MIN_REPEATS and anchored.first_ms is not None
     itself = measure_anchored(large, inputs, Anchor(large, anchor_alone), threads=1)
