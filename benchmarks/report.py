@@ -7,6 +7,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from benchmarks.compare import chance_next_median_within
+
 
 def results_stem(folder: Path, quick: bool, today: date | None = None) -> Path:
     """``<folder>/<date>[-quick]``, with ``-2``, ``-3``... when that day already has one."""
@@ -169,6 +171,18 @@ def _searches(results: dict[str, Any]) -> list[str]:
             f"{summary.get('seeds', len(budget['seeds']))} | " + " | ".join(cells) + " |"
         )
     lines.append("")
+    seeds_run = max(len(budget["seeds"]) for budget in results["compression"].values())
+    if seeds_run >= 2:
+        chance = chance_next_median_within(seeds_run)
+        lines += [
+            f"With {seeds_run} seeds a budget, the next run's median lies inside this run's "
+            f"min–max only {chance:.0%} of the time even when both runs draw from one and the "
+            "same search (exact, by exchangeability; 3 seeds: 60%, 5: 83%, 7: 93%): read the "
+            "range as a sample of what the search finds, not as an interval the next run "
+            "lands in. Whether two runs' searches differ is `python -m benchmarks compare`'s "
+            "rank-sum test over the seeds.",
+            "",
+        ]
     base_test = results["models"][0]["test_accuracy"]
     for share, budget in results["compression"].items():
         for entry in budget["seeds"]:

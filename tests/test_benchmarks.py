@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import pytest
 
-from benchmarks.compare import ALPHA, agreement, same_search_p
+from benchmarks.compare import ALPHA, agreement, chance_next_median_within, same_search_p
 from benchmarks.hypervolume import Box, box_of, curve, feasible_points, hypervolume
 from benchmarks.overhead import overhead
 from benchmarks.report import render_markdown, results_stem
@@ -305,6 +305,18 @@ def test_identical_searches_seldom_differ_with_three_seeds_a_side() -> None:
     assert np.mean(medians_inside) >= 0.45  # the earlier rule: about 0.6
 
 
+def test_the_next_median_lands_in_a_three_seed_range_three_times_in_five() -> None:
+    """Exact by counting the splits, and the same by drawing runs of one search."""
+    assert chance_next_median_within(3) == pytest.approx(0.6)
+    assert chance_next_median_within(5) == pytest.approx(5 / 6)
+    rng = np.random.default_rng(1)
+    for seeds in (3, 4):
+        mine, theirs = rng.lognormal(1.0, 0.3, size=(2, 20000, seeds))
+        middle = np.sort(theirs, axis=1)[:, (seeds - 1) // 2 : seeds // 2 + 1]
+        inside = (mine.min(axis=1) < middle.min(axis=1)) & (middle.max(axis=1) < mine.max(axis=1))
+        assert inside.mean() == pytest.approx(chance_next_median_within(seeds), abs=0.015)
+
+
 def test_the_markdown_names_the_command_and_the_ratio() -> None:
     text = render_markdown(_results(faster_student=1.5, hv_random=0.25), "plot.png")
     assert "`python -m benchmarks run`" in text
@@ -318,6 +330,8 @@ def test_the_markdown_names_the_command_and_the_ratio() -> None:
         del row["test_lost"], row["test_gained"], row["delta_interval_points"]
     assert "| 0.9900 (+0.00) | – | 0.3000 |" in render_markdown(older, "plot.png")
     assert "| 0.5x (0.3000 ms) | 1 of 2 | 2.20 (2.00–3.00) | 5.00 (4.00–6.00) | -0.50" in text
+    assert "With 2 seeds a budget, the next run's median lies inside" in text
+    assert "17% of the time" in text
     # the roofline names the peak it divides by in a column of its own, not in the name
     assert "| best at 0.5x, seed 0 (trial 3) | fp32 | 2.00 M | 200 KB | 0.0400 |" in text
 
