@@ -170,24 +170,34 @@ def _searches(results: dict[str, Any]) -> list[str]:
             f"| {share} ({budget['budget_ms']:.4f} ms) | {summary.get('found', 0)} of "
             f"{summary.get('seeds', len(budget['seeds']))} | " + " | ".join(cells) + " |"
         )
-    lines.append("")
-    seeds_run = max(len(budget["seeds"]) for budget in results["compression"].values())
-    if seeds_run >= 2:
-        chance = chance_next_median_within(seeds_run)
-        lines += [
-            f"With {seeds_run} seeds a budget, the next run's median lies inside this run's "
-            f"min–max only {chance:.0%} of the time even when both runs draw from one and the "
-            "same search (exact, by exchangeability; 3 seeds: 60%, 5: 83%, 7: 93%): read the "
-            "range as a sample of what the search finds, not as an interval the next run "
-            "lands in. Whether two runs' searches differ is `python -m benchmarks compare`'s "
-            "rank-sum test over the seeds.",
-            "",
-        ]
+    lines += ["", *_range_caveat(results["compression"]), ""]
     base_test = results["models"][0]["test_accuracy"]
     for share, budget in results["compression"].items():
         for entry in budget["seeds"]:
             lines += _search_lines(share, budget["budget_ms"], entry, base_test)
     return lines
+
+
+def _range_caveat(compression: dict[str, Any]) -> list[str]:
+    """How far each budget's min–max over its picks predicts the next run's median."""
+    chances = []
+    for share, budget in compression.items():
+        found = budget.get("summary", {}).get("found", 0)
+        if found >= 2:
+            chances.append(f"{share}: {found} picks, {chance_next_median_within(found):.0%}")
+        elif found == 1:
+            chances.append(f"{share}: 1 pick, no range")
+    if not chances:
+        return []
+    return [
+        "Even when two runs draw from one and the same search, the next run's median lies "
+        "inside this run's min–max over n picks only so often (exact, by exchangeability, "
+        "for untied figures; ties, as when two seeds pick one model, make it rarer; 3 "
+        f"picks: 60%, 5: 83%, 7: 93%; here {'; '.join(chances)}): read the range as a "
+        "sample of what the search finds, not as an interval the next run lands in. "
+        "Whether two runs' searches differ is `python -m benchmarks compare`'s rank-sum "
+        "test over the seeds."
+    ]
 
 
 def _search_lines(

@@ -306,7 +306,18 @@ def test_identical_searches_seldom_differ_with_three_seeds_a_side() -> None:
 
 
 def test_the_next_median_lands_in_a_three_seed_range_three_times_in_five() -> None:
-    """Exact by counting the splits, and the same by drawing runs of one search."""
+    """The closed form against counting every split, and against drawing runs."""
+    import itertools
+    import math
+
+    for seeds in range(1, 8):
+        pooled, inside = range(2 * seeds), 0
+        for mine in itertools.combinations(pooled, seeds):
+            theirs = sorted(set(pooled) - set(mine))
+            middle = theirs[(seeds - 1) // 2 : seeds // 2 + 1]
+            inside += mine[0] < middle[0] and middle[-1] < mine[-1]
+        counted = inside / math.comb(2 * seeds, seeds)
+        assert chance_next_median_within(seeds) == pytest.approx(counted)
     assert chance_next_median_within(3) == pytest.approx(0.6)
     assert chance_next_median_within(5) == pytest.approx(5 / 6)
     rng = np.random.default_rng(1)
@@ -330,8 +341,11 @@ def test_the_markdown_names_the_command_and_the_ratio() -> None:
         del row["test_lost"], row["test_gained"], row["delta_interval_points"]
     assert "| 0.9900 (+0.00) | – | 0.3000 |" in render_markdown(older, "plot.png")
     assert "| 0.5x (0.3000 ms) | 1 of 2 | 2.20 (2.00–3.00) | 5.00 (4.00–6.00) | -0.50" in text
-    assert "With 2 seeds a budget, the next run's median lies inside" in text
-    assert "17% of the time" in text
+    assert "the next run's median lies inside this run's min–max over n picks" in text
+    assert "0.5x: 1 pick, no range" in text  # 1 of 2 searches found a model
+    two = _results(faster_student=1.5, hv_random=0.25)
+    two["compression"]["0.5x"]["summary"]["found"] = 2
+    assert "0.5x: 2 picks, 17%" in render_markdown(two, "plot.png")
     # the roofline names the peak it divides by in a column of its own, not in the name
     assert "| best at 0.5x, seed 0 (trial 3) | fp32 | 2.00 M | 200 KB | 0.0400 |" in text
 
