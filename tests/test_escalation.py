@@ -1,12 +1,13 @@
 """A pruning reference over the budget is tried again one step stronger, up to the range;
-a feasible float32 reference is tried again with its weights stored in fp16."""
+a feasible float32 reference is tried again with its weights stored in fp16, and a
+feasible one with no smaller form one step stronger, while it stays feasible."""
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 from test_end_to_end import config_for, finished
 
-from search.escalation import smaller_params, stronger_params
+from search.escalation import escalate_reference, smaller_params, stronger_params
 from search.levers import LeverSettings
 from search.runner import run_search
 from techniques.pruning import MAX_RATIO
@@ -49,8 +50,13 @@ def test_a_feasible_reference_is_stored_smaller_on_its_fine_tuned_model(home, ti
     assert smaller.user_attrs["finetuned_in_trial"] == first.number  # no second fine-tune
     assert smaller.values[0] == pytest.approx(first.values[0], abs=0.02)
     assert smaller.values[2] < 0.6 * first.values[2]  # MB
-    # int8 references are not float32: nothing else was stored smaller
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    # int8 references are not float32: nothing else was stored smaller. The feasible
+    # pruned ones (the fp16 one, and pruning with int8 if it held) are next tried a step
+    # stronger, in their own formats; the fifth trial ended the study first.
+    waiting = [t.system_attrs["fixed_params"] for t in study.trials if t.state.name == "WAITING"]
+    assert {p["prune.ratio"] for p in waiting} == {0.6}
+    assert "fp16-weights" in {p["quant.scheme"] for p in waiting}
+    assert all(p["quant.scheme"] != "fp32" for p in waiting)
 
 
 def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(
@@ -77,9 +83,34 @@ def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
 
 
-def test_a_reference_within_the_budget_is_not_escalated(home, tiny_task) -> None:
+def test_a_feasible_reference_is_tried_stronger_while_it_holds(home, tiny_task) -> None:
+    """No smaller format to try (quantization off): pruning 50%, 60%, 70%, each fine-tuned
+    and feasible (any accuracy is within a 100-point drop), then the range ends."""
     levers = LeverSettings(off=("width", "lowrank", "lora", "quant"))
-    config = config_for(home, trials=3, latency_budget_ms=1000.0, levers=levers)
+    config = config_for(home, trials=4, latency_budget_ms=1000.0, levers=levers)
     result = run_search(config, task=tiny_task)
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
-    assert not [t for t in study.trials if "escalated_from" in t.user_attrs]
+    pruning = [t for t in finished(study) if t.user_attrs.get("reference") == "prune"]
+    assert [t.params["prune.ratio"] for t in pruning] == pytest.approx([0.5, 0.6, MAX_RATIO])
+    assert [t.user_attrs.get("escalated_from") for t in pruning[1:]] == [
+        pruning[0].number,
+        pruning[1].number,
+    ]
+    assert all(t.user_attrs["accuracy_kind"] == "deployed" for t in pruning)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+
+
+def test_a_reference_below_the_accuracy_floor_ends_its_line() -> None:
+    """Under the budget but not feasible: the accuracy gave out, nothing follows it."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    params = {"prune.ratio": 0.6, "quant.scheme": "fp16-weights"}
+    for _ in range(2):
+        study.enqueue_trial(params, user_attrs={"reference": "prune"})
+    formats = ("fp32", "fp16-weights")
+    for feasible, expected in ((False, None), (True, {**params, "prune.ratio": 0.7})):
+        trial = study.ask()
+        trial.suggest_float("prune.ratio", 0.0, 0.7)
+        trial.suggest_categorical("quant.scheme", formats)
+        following = escalate_reference(trial, -0.01, feasible=feasible, formats=formats)
+        assert following == expected
+        study.tell(trial, [0.9, 0.1, 0.1])
