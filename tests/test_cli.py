@@ -147,6 +147,7 @@ def test_help_lists_the_run_command() -> None:
     assert "run" in result.stdout
 
 
+@pytest.mark.slow  # 30 s: a search in a subprocess; scripts/test.sh --slow and CI run it
 def test_run_with_the_example_task_prints_the_front(tmp_path) -> None:
     """The README's own-model example, through the real console entry point."""
     from pathlib import Path

@@ -160,7 +160,8 @@ def test_the_accuracy_floor_makes_a_ruined_candidate_infeasible(home, tiny_task)
     assert parent.data.metrics["baseline_accuracy"] == pytest.approx(baseline.values[0])
 
 
-@pytest.mark.parametrize("latency_first", [True, False])
+# without latency first every candidate fine-tunes (20 s): scripts/test.sh --slow and CI run it
+@pytest.mark.parametrize("latency_first", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_latency_first_stops_a_too_slow_candidate_before_fine_tuning(
     home, tiny_task, latency_first
 ) -> None:
@@ -194,6 +195,7 @@ def test_latency_first_stops_a_too_slow_candidate_before_fine_tuning(
             assert "finetune_loss" in run.data.metrics
 
 
+@pytest.mark.slow  # 25 s: three searches; scripts/test.sh --slow and CI run it
 def test_a_known_graph_is_not_measured_again(home, tiny_task) -> None:
     """Trials that differ only in how they fine-tune deploy one graph: one measurement."""
     levers = LeverSettings(
@@ -215,6 +217,7 @@ def test_a_known_graph_is_not_measured_again(home, tiny_task) -> None:
         assert len({t.values[1] for t in trials}) == 1
 
 
+@pytest.mark.slow  # 15 s: a search resumed; scripts/test.sh --slow and CI run it
 def test_a_relative_budget_is_resolved_once_and_kept_by_the_study(home, tiny_task) -> None:
     config = config_for(home, trials=1, latency_budget_ms=0.0, latency_budget_factor=0.5)
     first = run_search(config, task=tiny_task)
@@ -240,6 +243,7 @@ def test_a_given_anchor_p50_is_the_scale_of_every_figure(home, tiny_task) -> Non
     assert latency["raw_p50_ms"] < 5.0  # the tiny model alone: far under a millisecond
 
 
+@pytest.mark.slow  # 20 s: two searches; scripts/test.sh --slow and CI run it
 def test_a_study_refuses_latencies_from_other_hardware(home, tiny_task, monkeypatch) -> None:
     import search.study
     from search.errors import StudyError
@@ -255,6 +259,7 @@ def test_a_study_refuses_latencies_from_other_hardware(home, tiny_task, monkeypa
     assert run_search(mixed, task=tiny_task).trials_run == 1
 
 
+@pytest.mark.slow  # 15 s: a search, then its refusal; scripts/test.sh --slow and CI run it
 def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
     from search.errors import StudyError
 
@@ -317,6 +322,7 @@ def test_an_unreachable_tracking_server_is_one_clear_error(home, tiny_task, monk
         run_search(config, task=tiny_task)
 
 
+@pytest.mark.slow  # 35 s: six sampled trials; scripts/test.sh --slow and CI run it
 def test_levers_switched_off_and_fixed_hold_in_every_sampled_trial(home, tiny_task) -> None:
     """--off and --fix through a real study: QAT alone, the baseline left uncompressed."""
     import onnx

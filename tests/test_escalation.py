@@ -83,6 +83,7 @@ def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
 
 
+@pytest.mark.slow  # 25 s: a whole escalation; scripts/test.sh --slow and CI run it
 def test_a_feasible_reference_is_tried_stronger_while_it_holds(home, tiny_task) -> None:
     """No smaller format to try (quantization off): pruning 50%, 60%, 70%, each fine-tuned
     and feasible (any accuracy is within a 100-point drop), then the range ends."""

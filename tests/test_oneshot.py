@@ -43,13 +43,18 @@ def _config(home: Path) -> SearchConfig:
     )
 
 
+# lowrank and distill fine-tune longer (12-15 s each): scripts/test.sh --slow and CI run them
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     ("command", "given", "lever_label"),
     [
         ("prune", {"prune.ratio": 0.5}, "prune0.50"),
         ("quantize", {"quant.scheme": "int8-static"}, "int8s-pc-u8-r7-minmax"),
-        ("lowrank", {"lowrank.rank_ratio": 0.25}, "lr0.25"),
-        ("distill", {"prune.ratio": 0.5, "distill.alpha": 0.5}, "kd1/0.5"),  # ema: T=1
+        pytest.param("lowrank", {"lowrank.rank_ratio": 0.25}, "lr0.25", marks=SLOW),
+        # ema teacher: T=1
+        pytest.param("distill", {"prune.ratio": 0.5, "distill.alpha": 0.5}, "kd1/0.5", marks=SLOW),
         ("share", {"share.bits": 4}, "share4b"),
     ],
 )
@@ -122,9 +127,8 @@ def test_settings_that_do_nothing_or_cannot_apply_are_refused(
         one_shot_params(command, given, prepared.ctx, prepared.space)
 
 
-def test_the_command_line_runs_one_and_says_bad_options_in_its_own_words(
-    tmp_path, tiny_task
-) -> None:
+@pytest.mark.slow  # 30 s: a subprocess that prunes, fine-tunes and times; CI runs it
+def test_the_command_line_runs_one_and_writes_its_file(tmp_path, tiny_task) -> None:
     result = run_cli(
         "prune", "--task", FIXTURE_TASK, "--ratio", "0.25", "--finetune-epochs", "1",
         "--output", "pruned.onnx", cwd=tmp_path,
@@ -132,6 +136,9 @@ def test_the_command_line_runs_one_and_says_bad_options_in_its_own_words(
     assert result.returncode == 0, result.stderr
     assert "x faster" in result.stdout and "x smaller" in result.stdout
     assert (tmp_path / "pruned.onnx").exists()
+
+
+def test_the_command_line_says_bad_options_in_its_own_words(tmp_path, tiny_task) -> None:
     bad = run_cli("prune", "--task", FIXTURE_TASK, "--ratio", "2", cwd=tmp_path)
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
@@ -154,6 +161,7 @@ def test_unstructured_pruning_reports_sparsity_and_compression_not_speed(tiny_ta
     assert run.data.metrics["compressed_size_ratio"] > 1.6
 
 
+@pytest.mark.slow  # 17 s: two pruning steps, each fine-tuned; scripts/test.sh --slow and CI run it
 def test_iterative_pruning_steps_are_child_runs_of_one_parent(tiny_task, home) -> None:
     result = run_one_shot(
         _config(home), "prune --unstructured", {}, task=tiny_task, schedule=(0.5, 0.8)

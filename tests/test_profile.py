@@ -15,6 +15,7 @@ from search.report import print_profiles
 TINY = f"{Path(__file__).parent / 'fixtures' / 'tiny_task.py'}:make_task"
 
 
+@pytest.mark.slow  # 30 s: three timing subprocesses; scripts/test.sh --slow and CI run it
 def test_profile_of_the_baseline_prints_a_table_and_valid_json(tmp_path, task_cache) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

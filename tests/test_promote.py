@@ -88,6 +88,7 @@ def test_promotion_registers_a_champion_that_loads_back_with_its_accuracy(
     assert str(client.get_model_version_by_alias("seq", "champion").version) == high.version
 
 
+@pytest.mark.slow  # 18 s: a search with no feasible trial; scripts/test.sh --slow and CI run it
 def test_a_study_without_a_feasible_trial_is_refused_with_figures(home, tiny_task) -> None:
     config = SearchConfig(latency_budget_ms=0.0001, trials=1, finetune_epochs=0, home=home,
                           study_name="tight")  # fmt: skip

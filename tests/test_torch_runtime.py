@@ -77,6 +77,7 @@ def test_a_half_program_keeps_float32_at_its_edges(program, tiny_task) -> None:
     assert half.size_bytes < program.size_bytes
 
 
+@pytest.mark.slow  # 12 s: two torch.export runs; scripts/test.sh --slow and CI run it
 def test_program_signature_ignores_weight_values(tiny_task, tmp_path) -> None:
     model = tiny_task.build_model()
     first = export("torch", model, tiny_task.example_inputs(1), tmp_path / "a")
