@@ -131,6 +131,7 @@ class TrialObjective:
         self.workdir = workdir
         # model-stage key -> (trial number that fine-tuned it, model); see _fine_tuned
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
+        self._macs: dict[str, tuple[int, int]] = {}  # layers and shapes -> MACs, params
         self._clock = PhaseClock()  # this trial's phases; a new one per trial
         self.last_model: nn.Module | None = None  # the model the last trial deployed
 
@@ -302,7 +303,12 @@ class TrialObjective:
         with self._clock.phase("evaluate"):
             accuracy = self._accuracy(artifact)
         with self._clock.phase("count_macs"):
-            macs, n_params = count_macs_and_params(model, self.task.example_inputs(1))
+            # thop traces a forward pass (0.2 s here); the count depends only on the layers
+            # and their shapes, which many trials share (one pruning, two number formats)
+            layers = repr(model) + repr([(k, v.shape) for k, v in model.state_dict().items()])
+            if layers not in self._macs:
+                self._macs[layers] = count_macs_and_params(model, self.task.example_inputs(1))
+            macs, n_params = self._macs[layers]
         over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
         below_floor = self.settings.accuracy_floor - accuracy
         trial.set_constraint(CONSTRAINT_KEY, over_budget_ms)

@@ -93,6 +93,17 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
         if "duplicate_of_trial" not in run.data.tags:
             files = [a.path for a in client.list_artifacts(run.info.run_id, "model")]
             assert len(files) == 1 and files[0].endswith(".onnx")
+    # MACs are counted once per architecture (search/objective.py keeps them): a trial with
+    # the baseline's layers (int8 alone) counts the baseline's, a pruned one fewer
+    macs = {t.number: by_number[t.number].data.metrics["macs"] for t in finished(study)}
+    model_stage = ("width.", "prune.ratio", "lowrank.rank_ratio")
+    for trial in finished(study):
+        layers = {k: v for k, v in trial.params.items() if k.startswith(model_stage)}
+        if layers == {k: v for k, v in baseline.items() if k.startswith(model_stage)}:
+            assert macs[trial.number] == macs[0]
+        elif trial.params.get("prune.ratio", 0) >= 0.3:
+            assert macs[trial.number] < 0.8 * macs[0]
+    assert len(set(macs.values())) >= 2  # a reference is pruned: not one figure for all
     assert result.front, "with a 1 s budget the front cannot be empty"
     assert any(r.data.tags.get("on_front") == "True" for r in children)
     csv_rows = Path(
