@@ -90,7 +90,7 @@ def make_storage(
             "grace_period": GRACE_BEATS * heartbeat_s,
             "heartbeat_stale_trial_callback": on_stale,
         }
-    for attempt in range(1 if scheme == "sqlite" else OPEN_ATTEMPTS):
+    for attempt in range(OPEN_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         except ImportError as error:  # a driver is missing: trying again will not help
@@ -98,11 +98,22 @@ def make_storage(
             break
         except Exception as error:  # bad URL, unreachable server, or a concurrent set-up
             last = error
-            # Workers starting together on a new database race to create Optuna's tables;
-            # the loser's error is gone a moment later. A bad URL fails every attempt.
-            time.sleep(0.5 * (attempt + 1))
+            # Processes opening a new database together race to create Optuna's tables
+            # (SQLite included: a second worker, or a reader, on a fresh file); the loser's
+            # "already exists" is gone a moment later. A bad SQLite path fails at once; a
+            # server may be starting, so any other error is tried again too.
+            if scheme == "sqlite" and not _lost_a_setup_race(error):
+                break
+            if attempt + 1 < OPEN_ATTEMPTS:
+                time.sleep(0.5 * (attempt + 1))
     reason = _masked(f"{type(last).__name__}: {last}".splitlines()[0], url)
     raise StudyError(f"--storage {redact_url(url)}: cannot open it: {reason}") from last
+
+
+def _lost_a_setup_race(error: Exception) -> bool:
+    """Whether ``error`` is another process having created the schema first."""
+    text = str(error).lower()
+    return "already exists" in text or "unique constraint" in text
 
 
 def _masked(text: str, url: str) -> str:

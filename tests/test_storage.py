@@ -1,0 +1,46 @@
+"""Opening Optuna's storage: processes that meet on a new SQLite file all get in."""
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from search.study import StudyError, make_storage
+
+OPENERS = 4
+ROUNDS = 5
+
+
+def _open(url: str, barrier: Any, results: Any) -> None:
+    barrier.wait()  # all at once: the race CI lost between a worker and a reader
+    try:
+        make_storage(url)
+        results.put("ok")
+    except StudyError as error:
+        results.put(str(error))
+
+
+def test_processes_opening_a_new_sqlite_file_together_all_succeed(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    for round_ in range(ROUNDS):  # one round lost the race nine times in ten before the fix
+        url = f"sqlite:///{tmp_path / f'optuna-{round_}.db'}"
+        barrier, results = context.Barrier(OPENERS), context.Queue()
+        openers = [
+            context.Process(target=_open, args=(url, barrier, results)) for _ in range(OPENERS)
+        ]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(timeout=60)
+        outcomes = [results.get(timeout=5) for _ in openers]
+        assert outcomes == ["ok"] * OPENERS, outcomes
+        assert optuna.get_all_study_summaries(url) == []  # one schema, readable
+
+
+def test_a_sqlite_path_that_cannot_be_opened_fails_at_once_with_one_line(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-folder' / 'optuna.db'}"
+    with pytest.raises(StudyError, match="cannot open it") as caught:
+        make_storage(url)
+    assert "\n" not in str(caught.value)
