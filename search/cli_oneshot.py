@@ -1,4 +1,5 @@
-"""``search prune | quantize | lowrank | distill``: one technique, once, with known settings.
+"""``search prune | quantize | lowrank | distill | share``: one technique, once, with known
+settings; ``search finetune``: a search's trial rebuilt with a longer fine-tune.
 
 Each command turns its options into the technique's parameters (unset ones keep the
 lever's reference setting) and calls ``search.oneshot.run_one_shot``, which runs them
@@ -263,6 +264,18 @@ def distill(
         "distill.feature_weight": "feature-weight",
     }
     _one_shot("distill", given, flags, common, lever_options={"distill.teacher": teacher})
+
+
+@_with_common_options
+def finetune(common: dict[str, Any] | None = None) -> None:
+    """Rebuild a trial of --study with a longer fine-tune (30 epochs unless told) than the
+    search's, and measure it against the trial as recorded."""
+    from search.oneshot import FINETUNE, FINETUNE_EPOCHS
+
+    assert common is not None
+    if common["finetune_epochs"] is None:
+        common = {**common, "finetune_epochs": FINETUNE_EPOCHS}
+    _one_shot(FINETUNE, {}, {}, common)
 
 
 def _ratios(option: str, text: str) -> tuple[float, ...]:

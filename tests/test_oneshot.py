@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import onnx
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -19,6 +20,7 @@ from search.config import SearchConfig
 from search.errors import ConfigError
 from search.oneshot import (
     EXPERIMENT,
+    FINETUNE,
     UNIFORM_EXPAND,
     cubic_schedule,
     one_shot_params,
@@ -195,8 +197,15 @@ def test_schedules_are_ratios_of_the_input_on_the_levers_grid() -> None:
         schedule_steps("lowrank", (0.5,))
 
 
-@pytest.mark.slow  # 20-35 s on 2 cores; scripts/test.sh --slow runs it
-def test_a_trial_of_a_study_is_rebuilt_then_compressed_further(tiny_task, home) -> None:
+def test_finetune_without_a_trial_to_rebuild_is_refused_in_one_line(tiny_task, home) -> None:
+    with pytest.raises(ConfigError, match="give --study and --trial"):
+        run_one_shot(_config(home), FINETUNE, {}, task=tiny_task)
+
+
+@pytest.mark.slow  # 30-45 s on 2 cores; scripts/test.sh --slow runs it
+def test_a_trial_of_a_study_is_rebuilt_then_compressed_further_or_fine_tuned_longer(
+    tiny_task, home
+) -> None:
     from search.oneshot import TrialRef
     from search.runner import run_search
 
@@ -222,3 +231,24 @@ def test_a_trial_of_a_study_is_rebuilt_then_compressed_further(tiny_task, home) 
             _config(home), "quantize", {}, task=tiny_task,
             from_trial=TrialRef("tiny-study", 9, searched.storage_url),
         )  # fmt: skip
+
+    # finetune: the same trial rebuilt with three epochs instead of the search's one; its
+    # recorded model is "before", so the two differ in weights only
+    longer = run_one_shot(
+        replace(_config(home), finetune_epochs=3), FINETUNE, {}, task=tiny_task,
+        from_trial=source, output=home / "finetuned",
+    )  # fmt: skip
+    recorded = optuna.load_study(study_name="tiny-study", storage=searched.storage_url).trials[1]
+    assert longer.before.accuracy == pytest.approx(recorded.values[0])
+    assert longer.before.p50_ms == pytest.approx(recorded.user_attrs["latency"]["p50_ms"])
+    assert longer.after.params == longer.before.params  # the same layers, trained longer
+    assert longer.after.accuracy != longer.before.accuracy or (
+        longer.after.test_accuracy != longer.before.test_accuracy
+    )
+    assert longer.output is not None and longer.output.stat().st_size > 0
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == longer.run_id]
+    assert len(children) == 1  # the replay is the result
+    assert client.get_run(longer.run_id).data.params["one_shot.command"] == FINETUNE
+    assert len(client.get_metric_history(children[0].info.run_id, "finetune_loss")) == 3
+    assert client.get_run(longer.run_id).data.params["one_shot.finetune_epochs"] == "3"
