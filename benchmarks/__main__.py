@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--search-trials", type=int, help="trials per compression search")
     run.add_argument("--search-seeds", type=int, nargs="+", help="compression searches per budget")
     run.add_argument("--rounds", type=int, help="side-by-side latency rounds")
+    run.add_argument(
+        "--finetune-epochs",
+        type=int,
+        help="also rebuild each pick with N epochs (0, the default: not)",
+    )
     run.add_argument("--work", type=Path, help="work folder (default benchmarks/work/<time>)")
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     check = commands.add_parser("compare", help="do two results files agree?")
@@ -65,6 +70,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "search_trials": args.search_trials,
         "search_seeds": tuple(args.search_seeds) if args.search_seeds else None,
         "rounds": args.rounds,
+        "finetune_epochs": args.finetune_epochs,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     work = args.work or Path("benchmarks/work") / time.strftime("%Y%m%d-%H%M%S")

@@ -188,12 +188,21 @@ def _searched(results: dict[str, Any]) -> dict[str, Figures]:
             if model["name"] in names or (not names and _kind(model["name"]) == f"best at {share}")
         ]
         if rows:
-            found[share] = {
-                "faster": [float(row["faster"][0]) for row in rows],
-                "smaller": [float(row["smaller"]) for row in rows],
-                "test_delta_points": [float(row["accuracy_delta_points"]) for row in rows],
-            }
+            found[share] = _figures(rows)
+        longer = {run["finetuned_name"] for run in budget.get("seeds", [])
+                  if "finetuned_name" in run}  # fmt: skip
+        rows = [model for model in results["models"] if model["name"] in longer]
+        if rows:  # the picks rebuilt with the full fine-tune (runs from 2026-12-02 on)
+            found[f"{share} fine-tuned"] = _figures(rows)
     return found
+
+
+def _figures(rows: list[dict[str, Any]]) -> Figures:
+    return {
+        "faster": [float(row["faster"][0]) for row in rows],
+        "smaller": [float(row["smaller"]) for row in rows],
+        "test_delta_points": [float(row["accuracy_delta_points"]) for row in rows],
+    }
 
 
 def _spread(values: list[float]) -> str:

@@ -1,10 +1,12 @@
 """The benchmark run, in order: each part measured in this one process.
 
 baseline p50 -> compression searches at each budget (a share of that p50) -> best feasible
-model per budget -> single-lever references (int8 static, pruning 50%, a distilled
-width-0.5 student) -> test accuracy of each; half the side-by-side latency rounds -> search
-efficiency (three arms x seeds at a fixed wall time) -> the other half of the rounds, so
-their spread covers the run's drift -> ratios, roofline estimate -> overhead of every trial.
+model per search (with ``--finetune-epochs N``, each also rebuilt by ``search finetune``
+with N epochs instead of the search's ten) -> single-lever references (int8
+static, pruning 50%, a distilled width-0.5 student) -> test accuracy of each; half the
+side-by-side latency rounds -> search efficiency (three arms x seeds at a fixed wall time)
+-> the other half of the rounds, so their spread covers the run's drift -> ratios, roofline
+estimate -> overhead of every trial.
 
 Everything runs in a work folder of its own (``studies/`` and ``mlruns/`` inside it, so
 ``mlflow ui --backend-store-uri sqlite:///<work>/mlruns/mlflow.db`` shows every trial);
@@ -34,8 +36,10 @@ from benchmarks.student import distilled_student
 from search.config import SearchConfig
 from search.latency import hardware_fingerprint, measure_latency
 from search.levers import LeverSettings
+from search.oneshot import FINETUNE, TrialRef, run_one_shot
 from search.profile import Target, baseline_target, trial_target
 from search.runner import run_search
+from search.runtime import Artifact
 from search.runtimes import evaluate
 from search.study import baseline_trial, is_feasible
 from search.task import Task, load_task
@@ -76,12 +80,16 @@ class Plan:
     anchored: bool = True
     quick: bool = False
     arms: tuple[str, ...] = field(default_factory=lambda: tuple(ARMS))
+    # each search's pick also rebuilt with this many fine-tuning epochs, timed and tested
+    # beside it (``--finetune-epochs 30``); 0, the default: not (rebuilt with 30, the 13th
+    # run's picks gained +0.28, +0.56 and -1.67 test points: no sure gain, five more minutes)
+    finetune_epochs: int = 0
 
 
 def quick_plan(device: str, runtime: str) -> Plan:
     """A few minutes end to end: checks the machinery, not numbers to quote."""
     return Plan(device=device, runtime=runtime, search_trials=8, search_seeds=(0,), seeds=(0,),
-                arm_seconds=60, rounds=2, quick=True)  # fmt: skip
+                arm_seconds=60, rounds=2, quick=True, finetune_epochs=2)  # fmt: skip
 
 
 def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
@@ -133,7 +141,15 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
                 target = trial_target(
                     study, entry["trial"], config.mlflow_uri, folder / study.study_name
                 )
-                chosen.append(replace(target, name=entry["name"]))
+                target = replace(target, name=entry["name"])
+                chosen.append(target)
+                if plan.finetune_epochs:
+                    longer = fine_tuned_longer(
+                        study, entry["trial"], config, plan.finetune_epochs, task, target
+                    )
+                    entry["finetuned_name"] = longer.name
+                    chosen.append(longer)
+                    say(f"{entry['name']}: rebuilt with {plan.finetune_epochs} epochs")
             runs.append({"seed": seed, **entry})
         compression[f"{share:g}x"] = {"budget_ms": share * base_ms, "seeds": runs}
     durations["compression searches"] = time.perf_counter() - clock
@@ -183,6 +199,8 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
     compared = compare(everyone, scores, rounds)
     for entry in compression.values():
         entry["summary"] = over_seeds(compared, entry["seeds"])
+        if plan.finetune_epochs:
+            entry["summary_finetuned"] = over_seeds(compared, entry["seeds"], "finetuned_name")
     roofline = [
         floor_of(
             macs=int(row.macs),
@@ -232,10 +250,14 @@ def _compression_entry(
     return {**entry, "trial": best.number, "params": best.params, "name": name}
 
 
-def over_seeds(compared: list[Compared], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The best models of one budget's searches, one per seed: median and min–max over
-    the seeds of ×faster (each its median over rounds), ×smaller and test Δ points."""
-    names = {run["name"] for run in runs if "name" in run}
+def over_seeds(
+    compared: list[Compared], runs: list[dict[str, Any]], key: str = "name"
+) -> dict[str, Any]:
+    """The best models of one budget's searches, one per seed (``key``: ``name`` for the
+    picks as found, ``finetuned_name`` for them rebuilt with the full fine-tune): median
+    and min–max over the seeds of ×faster (each its median over rounds), ×smaller and
+    test Δ points."""
+    names = {run[key] for run in runs if key in run}
     rows = [row for row in compared if row.name in names]
     summary: dict[str, Any] = {"seeds": len(runs), "found": len(rows)}
     if not rows:
@@ -268,6 +290,43 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return (round(math.log(faster * smaller), 9), trial.values[0])
 
     return max(feasible, key=gain)
+
+
+def fine_tuned_longer(
+    study: optuna.Study,
+    number: int,
+    config: SearchConfig,
+    epochs: int,
+    task: Task,
+    found: Target,
+) -> Target:
+    """Trial ``number`` rebuilt by ``search finetune`` with ``epochs`` of fine-tuning: the
+    same layers and number format as ``found``, only trained longer. Named like the pick
+    with "fine-tuned N epochs" after the budget, so it is its own kind in the rankings."""
+    folder = config.home / "models" / study.study_name / f"finetuned-{number}"
+    result = run_one_shot(
+        replace(config, finetune_epochs=epochs),
+        FINETUNE,
+        {},
+        task=task,
+        from_trial=TrialRef(study.study_name, number, config.storage_url),
+        output=folder,
+    )
+    assert result.output is not None
+    return Target(
+        fine_tuned_name(found.name, epochs),
+        Artifact(result.output, found.artifact.scheme),
+        params=result.after.params,
+        macs=result.after.macs,
+    )
+
+
+def fine_tuned_name(pick: str, epochs: int) -> str:
+    """``best at 0.5x, seed 1 (trial 8)`` -> ``best at 0.5x fine-tuned 30 epochs, seed 1
+    (trial 8)``: its own kind for ``compare`` (which drops the seed and trial), still a
+    searched model (it starts ``best at``)."""
+    label, _, seed_and_trial = pick.partition(", seed ")
+    return f"{label} fine-tuned {epochs} epochs, seed {seed_and_trial}"
 
 
 def feasible_on_test(

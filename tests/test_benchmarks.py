@@ -17,7 +17,7 @@ from benchmarks.hypervolume import Box, box_of, curve, feasible_points, hypervol
 from benchmarks.overhead import overhead
 from benchmarks.report import render_markdown, results_stem
 from benchmarks.roofline import Peaks, floor_of, onnx_bytes
-from benchmarks.suite import best_feasible, nearest_misses
+from benchmarks.suite import best_feasible, fine_tuned_name, nearest_misses
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY, make_sampler
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -348,6 +348,55 @@ def test_the_markdown_names_the_command_and_the_ratio() -> None:
     assert "0.5x: 2 picks, 17%" in render_markdown(two, "plot.png")
     # the roofline names the peak it divides by in a column of its own, not in the name
     assert "| best at 0.5x, seed 0 (trial 3) | fp32 | 2.00 M | 200 KB | 0.0400 |" in text
+
+
+def _with_fine_tuned(results: dict, faster: list[float]) -> dict:
+    """``results`` whose picks were also rebuilt with 30 epochs, ``faster`` times faster."""
+    template = next(m for m in results["models"] if m["name"].startswith("best at"))
+    budget = results["compression"]["0.5x"]
+    for seed, value in enumerate(faster):
+        name = f"best at 0.5x fine-tuned 30 epochs, seed {seed} (trial 3)"
+        results["models"].append(
+            {**template, "name": name, "faster": [value, value - 0.1, value + 0.1],
+             "accuracy_delta_points": -0.28}
+        )  # fmt: skip
+        budget["seeds"][seed]["finetuned_name"] = name
+    budget["summary_finetuned"] = {
+        "seeds": 3, "found": 3, "faster": [2.2, 2.1, 2.3], "smaller": [5.0, 4.0, 6.0],
+        "test_delta_points": [-0.28, -0.56, 0.0],
+    }  # fmt: skip
+    results["plan"]["finetune_epochs"] = 30
+    return results
+
+
+def test_a_pick_fine_tuned_longer_is_its_own_kind_of_searched_model() -> None:
+    from benchmarks.compare import _is_searched, _kind
+
+    name = fine_tuned_name("best at 0.5x, seed 1 (trial 8)", 30)
+    assert name == "best at 0.5x fine-tuned 30 epochs, seed 1 (trial 8)"
+    assert _kind(name) == "best at 0.5x fine-tuned 30 epochs" and _is_searched(name)
+
+
+def test_picks_fine_tuned_longer_get_their_own_rows_and_comparison(tmp_path) -> None:
+    text = render_markdown(_with_fine_tuned(_results(1.5, 0.25), [2.2]), "plot.png")
+    assert (
+        "| 0.5x, fine-tuned 30 epochs | 3 of 3 | 2.20 (2.10–2.30) | 5.00 (4.00–6.00) | -0.28"
+        in text
+    )
+    assert "rebuilt by `search finetune` with 30 epochs" in text
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_with_fine_tuned(_searched_by_seed([2.0, 2.2, 2.4]), [2.0, 2.2, 2.4])))
+    same = _with_fine_tuned(_searched_by_seed([2.0, 2.2, 2.4]), [2.05, 2.15, 2.35])
+    b.write_text(json.dumps(same))
+    apart = _with_fine_tuned(_searched_by_seed([2.0, 2.2, 2.4]), [4.0, 4.2, 4.4])
+    c.write_text(json.dumps(apart))
+    ok, lines = agreement(a, b)
+    assert ok, lines
+    assert any(line.startswith("best at 0.5x fine-tuned, faster") for line in lines)
+    ok, lines = agreement(a, c)  # the picks as found agree; rebuilt, they do not
+    assert not ok
+    assert any("0.5x fine-tuned, faster" in line and "DIFFERENT" in line for line in lines)
+    assert any("0.5x, faster" in line and "same search" in line for line in lines)
 
 
 def test_the_sampler_is_chosen_by_name() -> None:
