@@ -179,8 +179,9 @@ def _searches(results: dict[str, Any]) -> list[str]:
             "",
             f"Fine-tuned rows: each search's pick rebuilt by `search finetune` with {epochs} "
             "epochs of recovery instead of the search's 10: the same layers and number format, "
-            "trained longer. The search's short fine-tune is a proxy that ranks candidates; the "
-            "model that ships gets the full one. Both are timed side by side with the rest.",
+            "trained longer. The search's short fine-tune is a proxy that ranks candidates; "
+            "these rows measure whether the longer one pays. Both are timed side by side "
+            "with the rest.",
         ]
     lines += ["", *_range_caveat(results["compression"]), ""]
     base_test = results["models"][0]["test_accuracy"]

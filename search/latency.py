@@ -148,6 +148,29 @@ class Anchor:
     p50_ms: float
 
 
+def measure_candidate(
+    artifact: Artifact,
+    inputs: np.ndarray,
+    anchor: Anchor | None,
+    *,
+    runtime: str = "onnxruntime",
+    device: str = "cpu",
+    threads: int = 1,
+    stop_above_ms: float | None = None,
+) -> LatencyStats:
+    """A candidate's latency as a study takes it: in turn with ``anchor``'s file and scaled
+    to its p50 (``measure_anchored``), or alone without one (``--no-latency-anchor``)."""
+    if anchor is not None:
+        return measure_anchored(
+            artifact, inputs, anchor, runtime=runtime, device=device, threads=threads,
+            stop_above_ms=stop_above_ms,
+        )  # fmt: skip
+    return measure_latency(
+        artifact, inputs, runtime=runtime, device=device, threads=threads,
+        stop_above_ms=stop_above_ms,
+    )  # fmt: skip
+
+
 def measure_anchored(
     artifact: Artifact,
     inputs: np.ndarray,

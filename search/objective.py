@@ -36,8 +36,7 @@ from search.latency import (
     MIN_REPEATS,
     Anchor,
     LatencyStats,
-    measure_anchored,
-    measure_latency,
+    measure_candidate,
     measurement_lock,
 )
 from search.phases import PhaseClock
@@ -274,16 +273,10 @@ class TrialObjective:
             inputs = self.task.example_inputs(self.settings.batch_size).numpy()
             settings, anchor = self.settings, self.settings.anchor
             stop_above_ms = settings.latency_budget_ms if screen else None
-            if anchor is not None:
-                latency = measure_anchored(
-                    artifact, inputs, anchor, runtime=settings.runtime, device=settings.device,
-                    threads=settings.threads, stop_above_ms=stop_above_ms,
-                )  # fmt: skip
-            else:
-                latency = measure_latency(
-                    artifact, inputs, runtime=settings.runtime, device=settings.device,
-                    threads=settings.threads, stop_above_ms=stop_above_ms,
-                )  # fmt: skip
+            latency = measure_candidate(
+                artifact, inputs, anchor, runtime=settings.runtime, device=settings.device,
+                threads=settings.threads, stop_above_ms=stop_above_ms,
+            )  # fmt: skip
         trial.set_user_attr("latency", latency.as_dict())
         return latency
 

@@ -41,7 +41,7 @@ from search.errors import ConfigError
 from search.latency import (
     Anchor,
     LatencyStats,
-    measure_anchored,
+    measure_candidate,
     measure_latency,
     measurement_lock,
 )
@@ -485,16 +485,13 @@ def _measure(
 def _timed_as_a_trial(
     artifact: Artifact, task: Task, config: SearchConfig, anchor: Anchor | None
 ) -> LatencyStats:
-    """``artifact``'s latency as the trial objective takes it: in turn with ``anchor``'s
-    file and scaled to its p50, or alone without one."""
+    """``artifact``'s latency as the trial objective takes it, under the same lock."""
     inputs = task.example_inputs(config.batch_size).numpy()
-    runtime, device, threads = config.runtime, config.device, config.threads
-    with measurement_lock(config.studies_dir / "locks", device):
-        if anchor is not None:
-            return measure_anchored(
-                artifact, inputs, anchor, runtime=runtime, device=device, threads=threads
-            )
-        return measure_latency(artifact, inputs, runtime=runtime, device=device, threads=threads)
+    with measurement_lock(config.studies_dir / "locks", config.device):
+        return measure_candidate(
+            artifact, inputs, anchor, runtime=config.runtime, device=config.device,
+            threads=config.threads,
+        )  # fmt: skip
 
 
 def _downloaded_model(tracker: Tracker, run_id: str, folder: Path) -> Artifact:
