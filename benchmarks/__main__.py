@@ -1,6 +1,6 @@
 """``python -m benchmarks run`` writes the results file; ``compare`` checks two of them.
 
-python -m benchmarks run [--quick] [--device cpu|cuda] [--seeds 0 1 2] [--search-seeds 0 1 2] ...
+python -m benchmarks run [--quick] [--device cpu|cuda] [--budgets 0.5 0.25] [--seeds 0 1 2] ...
 python -m benchmarks compare benchmarks/results/A.json benchmarks/results/B.json
 python -m benchmarks serve-load [--model FILE.onnx] [--requests 400] [--clients 1 8 32]
 """
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--runtime", default="onnxruntime")
     run.add_argument("--seeds", type=int, nargs="+", help="efficiency runs per arm")
     run.add_argument("--arm-seconds", type=float, help="wall time per efficiency run")
+    run.add_argument(
+        "--budgets", type=_share, nargs="+", help="latency budgets, shares of the baseline's p50"
+    )
     run.add_argument("--search-trials", type=int, help="trials per compression search")
     run.add_argument("--search-seeds", type=int, nargs="+", help="compression searches per budget")
     run.add_argument("--rounds", type=int, help="side-by-side latency rounds")
@@ -56,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args, argv if argv is not None else sys.argv[1:])
 
 
+def _share(text: str) -> float:
+    """A budget as a share of the baseline's p50: above 0 (argparse's one-line error if not)."""
+    try:
+        share = float(text)
+    except ValueError:
+        share = 0.0
+    if not share > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share above 0, e.g. 0.5")
+    return share
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from search.runtimes import check_target
 
@@ -67,6 +81,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     overrides = {
         "seeds": tuple(args.seeds) if args.seeds else None,
         "arm_seconds": args.arm_seconds,
+        "budgets": tuple(args.budgets) if args.budgets else None,
         "search_trials": args.search_trials,
         "search_seeds": tuple(args.search_seeds) if args.search_seeds else None,
         "rounds": args.rounds,

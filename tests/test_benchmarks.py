@@ -500,3 +500,12 @@ def test_round_protocols_finds_a_runs_models_by_path_or_else_by_size(tmp_path) -
     results["models"][1]["path"] = str(tmp_path / "gone.onnx")  # moved: looked up by size
     with pytest.raises(SystemExit, match="no file of 1 bytes"):
         model_files(results, work)
+
+
+def test_budgets_are_shares_above_zero(capsys) -> None:
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--budgets", "0.5", "0"])
+    assert stopped.value.code == 2
+    assert "'0' is not a share above 0" in capsys.readouterr().err
