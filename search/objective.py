@@ -45,7 +45,7 @@ from search.runtimes import ONNXRUNTIME, evaluate, export, formats
 from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
 from search.task import Task
 from search.tracking import STUDY_TAG, TRIAL_TAG, Tracker
-from search.training import Recipe, fit, predict
+from search.training import Recipe, fit, predict, recovery_lr
 from techniques import (
     TECHNIQUES,
     ArtifactTechnique,
@@ -54,10 +54,6 @@ from techniques import (
     TrainingTechnique,
 )
 
-FINETUNE_LR = 0.05  # SGD; a task that trains with AdamW (``task.optimizer``) is tuned with:
-# the digits transformer's training peak: pruned by 60%, ten epochs recovered 0.922
-# validation accuracy at 2e-3 against 0.911 at 5e-4 (unpruned 0.925)
-FINETUNE_LR_ADAMW = 2e-3
 MODEL_CACHE_SIZE = 4
 REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
 
@@ -394,7 +390,7 @@ class TrialObjective:
             return model
         model = copy.deepcopy(architecture) if architecture is self.base_model else architecture
         optimizer = str(getattr(self.task, "optimizer", "sgd"))
-        lr = FINETUNE_LR_ADAMW if optimizer == "adamw" else FINETUNE_LR
+        lr = recovery_lr(optimizer)  # unless the ft lever sets another (techniques/finetune_lr.py)
         recipe = Recipe(epochs=self.settings.finetune_epochs, lr=lr, optimizer=optimizer)
         for name, training in training_techniques():
             if plan[name] is not None:
@@ -402,6 +398,9 @@ class TrialObjective:
         for name, artifact in artifact_techniques():  # QAT: innermost, first to finish
             if plan[name] is not None:
                 recipe = artifact.configure(recipe, plan[name], ctx)
+        # the rate it trains at: the ``ft.lr`` parameter exists only where that lever is
+        # searched (and reads "off" at the task's own rate); this metric always has it
+        self.link.tracker.log(run_id, metrics={"finetune_lr": recipe.lr})
         with self._clock.phase("fine_tune"):
             model = self._fine_tune(model, recipe, run_id)
         self._models[key] = (trial.number, model)

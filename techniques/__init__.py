@@ -16,6 +16,7 @@ from techniques.base import (
     TrainingTechnique,
 )
 from techniques.distillation import KnowledgeDistillation
+from techniques.finetune_lr import FinetuneLR
 from techniques.lora import LoRA
 from techniques.lowrank import LowRank
 from techniques.pruning import StructuredPruning
@@ -33,6 +34,7 @@ TECHNIQUES: dict[str, Technique] = {
     "sparse": UnstructuredPruning(),  # zero single weights (only when asked for)
     "distill": KnowledgeDistillation(),  # training stage
     "lora": LoRA(),
+    "ft": FinetuneLR(),  # the fine-tune's learning rate (only when asked for)
     "quant": Quantization(),  # artifact stage
     "share": WeightSharing(),  # (only when asked for, and not with int8)
     "ort": SessionKnobs(),  # then how ONNX Runtime runs the file (optimised offline, threads)

@@ -20,7 +20,9 @@ def task(request):
 def ctx(task, tmp_path):
     base = task.build_model()
     # every lever in the space, those the search leaves out unless asked included
-    options = {"sparse.searched": True, "share.searched": True, "ort.searched": True}
+    options = {
+        "sparse.searched": True, "share.searched": True, "ort.searched": True, "ft.searched": True
+    }  # fmt: skip
     return Context(task=task, device="cpu", workdir=tmp_path, base_model=base, options=options)
 
 
@@ -66,7 +68,7 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, task) -> None:
         from search.training import Recipe, fit
         from techniques.pruning import prune_channels
 
-        plain = Recipe(epochs=1, lr=0.01)
+        plain = Recipe(epochs=1, lr=0.001)  # a rate no lever picks, so setting one shows
         recipe = technique.configure(plain, params, ctx)
         assert recipe != plain
         model = prune_channels(model, task.example_inputs(1), ratio=0.25)
