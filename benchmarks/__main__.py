@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="also rebuild each pick with N epochs (0, the default: not)",
     )
+    run.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a lever setting for the searches, as search run --fix (repeatable)",
+    )
     run.add_argument("--work", type=Path, help="work folder (default benchmarks/work/<time>)")
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     check = commands.add_parser("compare", help="do two results files agree?")
@@ -56,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         ok, lines = agreement(args.first, args.second)
         print("\n".join(lines))
         return 0 if ok else 1
-    return _run(args, argv if argv is not None else sys.argv[1:])
+    from search.errors import ConfigError
+
+    try:
+        return _run(args, argv if argv is not None else sys.argv[1:])
+    except ConfigError as error:  # bad input: one line, exit 2, as the search CLI says it
+        print(f"python -m benchmarks run: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _share(text: str) -> float:
@@ -71,9 +84,12 @@ def _share(text: str) -> float:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.levers import LeverSettings, check_levers_and_options, parse_assignments
     from search.runtimes import check_target
 
     check_target(args.runtime, args.device)
+    fixed = parse_assignments(args.fix)
+    check_levers_and_options(LeverSettings(fixed=fixed))  # names in the space: when it starts
     from benchmarks.report import results_stem, write_results
     from benchmarks.suite import Plan, quick_plan, run_benchmark
 
@@ -86,6 +102,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "search_seeds": tuple(args.search_seeds) if args.search_seeds else None,
         "rounds": args.rounds,
         "finetune_epochs": args.finetune_epochs,
+        "fixed": fixed or None,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     work = args.work or Path("benchmarks/work") / time.strftime("%Y%m%d-%H%M%S")

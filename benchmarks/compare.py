@@ -46,6 +46,13 @@ def agreement(first: Path, second: Path) -> tuple[bool, list[str]]:
     a, b = json.loads(first.read_text()), json.loads(second.read_text())
     lines: list[str] = []
     ok = True
+    settings = [r["plan"].get("fixed") or [] for r in (a, b)]
+    if settings[0] != settings[1]:  # then the pick rows compare two searches, on purpose
+        shown = [
+            ", ".join(f"{n}={json.dumps(v)}" for n, v in fixed) or "the defaults"
+            for fixed in settings
+        ]
+        lines.append(f"searches with other lever settings: {shown[0]} vs {shown[1]}")
     rankings = {
         "models by ×faster": [_model_intervals(r, "faster") for r in (a, b)],
         "models by ×smaller": [_model_intervals(r, "smaller") for r in (a, b)],

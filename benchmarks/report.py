@@ -33,6 +33,15 @@ def write_results(results: dict[str, Any], stem: Path, command: str) -> list[Pat
     return [markdown, json_path, plot]
 
 
+def _fixed(plan: dict[str, Any]) -> str:
+    """The searches' lever settings when the run was given any (``--fix``)."""
+    fixed = plan.get("fixed") or []
+    if not fixed:
+        return ""
+    settings = ", ".join(f"`{name}={json.dumps(value)}`" for name, value in fixed)
+    return f" The searches ran with {settings}."
+
+
 def render_markdown(results: dict[str, Any], plot_name: str) -> str:
     plan, hw = results["plan"], results["hardware"]
     lines = [
@@ -43,7 +52,7 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         f"Machine: {hw.get('cpu_model')} ({hw.get('cpu_count')} cores), ONNX Runtime {hw.get('onnxruntime')}, "
         f"torch {hw.get('torch')}; device {plan['device']}, runtime {plan['runtime']}, "
         f"{plan['threads']} thread(s), batch 1. Baseline p50 {results['baseline_p50_ms']:.4f} ms. "
-        f"Run time {results['durations_s']['total'] / 60:.1f} min.",
+        f"Run time {results['durations_s']['total'] / 60:.1f} min.{_fixed(plan)}",
         "",
         "## Compression against the fp32 baseline",
         "",

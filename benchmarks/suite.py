@@ -84,6 +84,9 @@ class Plan:
     # beside it (``--finetune-epochs 30``); 0, the default: not (rebuilt with 30, the 13th
     # run's picks gained +0.28, +0.56 and -1.67 test points: no sure gain, five more minutes)
     finetune_epochs: int = 0
+    # lever settings for the searches (``--fix ft.searched=true``), as ``search run --fix``;
+    # the single-lever references keep theirs alone
+    fixed: tuple[tuple[str, Any], ...] = ()
 
 
 def quick_plan(device: str, runtime: str) -> Plan:
@@ -118,6 +121,7 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
         trials=plan.search_trials,
         latency_anchor=plan.anchored,
         anchor_p50_ms=base_ms,
+        levers=LeverSettings(fixed=plan.fixed),
     )
     say(f"baseline p50 {base_ms:.4f} ms; budgets {', '.join(f'{b:g}x' for b in plan.budgets)}")
 

@@ -509,3 +509,26 @@ def test_budgets_are_shares_above_zero(capsys) -> None:
         main(["run", "--budgets", "0.5", "0"])
     assert stopped.value.code == 2
     assert "'0' is not a share above 0" in capsys.readouterr().err
+
+
+def test_lever_settings_reach_the_searches_and_the_report(capsys) -> None:
+    from benchmarks.__main__ import main
+
+    assert main(["run", "--fix", "ft.searched=maybe"]) == 2
+    assert (
+        capsys.readouterr().err.strip().endswith("--fix ft.searched=maybe: use one of false, true")
+    )
+    results = _results(faster_student=1.5, hv_random=0.25)
+    assert "The searches ran with" not in render_markdown(results, "plot.png")
+    results["plan"]["fixed"] = [["ft.searched", True]]
+    assert "The searches ran with `ft.searched=true`." in render_markdown(results, "plot.png")
+
+
+def test_a_comparison_says_when_the_searches_ran_with_other_settings(tmp_path) -> None:
+    first, second = _results(1.5, 0.25), _results(1.5, 0.25)
+    second["plan"]["fixed"] = [["ft.searched", True]]
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, results in zip(paths, (first, second), strict=True):
+        path.write_text(json.dumps(results))
+    _, lines = agreement(*paths)
+    assert lines[0] == "searches with other lever settings: the defaults vs ft.searched=true"
