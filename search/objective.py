@@ -398,8 +398,8 @@ class TrialObjective:
         for name, artifact in artifact_techniques():  # QAT: innermost, first to finish
             if plan[name] is not None:
                 recipe = artifact.configure(recipe, plan[name], ctx)
-        # the rate it trains at: the ``ft.lr`` parameter exists only where that lever is
-        # searched (and reads "off" at the task's own rate); this metric always has it
+        # the rate it trains at, whatever set it: the ``ft.lr`` parameter is recorded only
+        # where that lever is searched; this metric is recorded in every fine-tuned trial
         self.link.tracker.log(run_id, metrics={"finetune_lr": recipe.lr})
         with self._clock.phase("fine_tune"):
             model = self._fine_tune(model, recipe, run_id)
