@@ -22,8 +22,8 @@ Off the search unless asked for (``--fix ft.searched=true``): off, every fine-tu
 the task's recovery rate, as before this lever existed. Searched in the fifteenth benchmark
 run (``benchmarks/results/2026-12-02-3.md``), TPE kept the task's rate for 31 of the 33
 feasible candidates at half the baseline's latency and for every pick, and the picks' test
-accuracy did not move (median -1.11 points, as without it), so it stays off by default. With it on, ``--fix ft.lr=0.02``
-sets one rate for every trial.
+accuracy did not move (median -1.11 points, as without it), so it stays off by default.
+With it on, ``--fix ft.lr=0.02`` sets one rate for every trial.
 """
 
 from __future__ import annotations
