@@ -49,7 +49,7 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         "",
         f"`{results['command']}` at commit {results.get('commit', 'unknown')}",
         "",
-        f"Machine: {hw.get('cpu_model')} ({hw.get('cpu_count')} cores), ONNX Runtime {hw.get('onnxruntime')}, "
+        f"Machine: {hw.get('cpu_model')} ({_cpu_kind(hw)}{hw.get('cpu_count')} cores), ONNX Runtime {hw.get('onnxruntime')}, "
         f"torch {hw.get('torch')}; device {plan['device']}, runtime {plan['runtime']}, "
         f"{plan['threads']} thread(s), batch 1. Baseline p50 {results['baseline_p50_ms']:.4f} ms. "
         f"Run time {results['durations_s']['total'] / 60:.1f} min.{_fixed(plan)}",
@@ -315,3 +315,9 @@ def _round_times(results: dict[str, Any]) -> str:
     if not times:
         return "interleaved"
     return "at " + ", ".join(f"{t:.0f}" for t in times) + " min into the run"
+
+
+def _cpu_kind(hardware: dict[str, Any]) -> str:
+    """The CPU's generation and vector extensions, where the run recorded them."""
+    known = [hardware[k] for k in ("cpu_id", "cpu_features") if k in hardware]
+    return "".join(f"{value}; " for value in known)

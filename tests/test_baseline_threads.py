@@ -36,3 +36,26 @@ def test_the_training_thread_count_is_part_of_the_baselines_identity(tmp_path):
     one = _trained(single, tmp_path, caller_threads=2)
     two = _trained(SHORT, tmp_path, caller_threads=2)
     assert any(not torch.equal(one[name], two[name]) for name in one)
+
+
+def test_a_second_process_waits_for_the_baseline_being_trained_and_loads_it(tmp_path):
+    import fcntl
+    import threading
+
+    from search.tasks.digits import build_network
+
+    task = DigitsTask(SHORT, cache_dir=tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    built: list[dict[str, torch.Tensor]] = []
+    with open(task.baseline_path.with_suffix(".lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # "another process" is training it
+        waiting = threading.Thread(target=lambda: built.append(task.build_model().state_dict()))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive()  # it waits rather than training a second copy
+        torch.manual_seed(123)
+        theirs = build_network(SHORT.model).state_dict()
+        torch.save(theirs, task.baseline_path)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    waiting.join(timeout=30)
+    assert all(torch.equal(built[0][name], theirs[name]) for name in theirs)

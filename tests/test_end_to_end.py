@@ -266,6 +266,11 @@ def test_a_study_refuses_latencies_from_other_hardware(home, tiny_task, monkeypa
     monkeypatch.setattr(search.study, "hardware_fingerprint", lambda: elsewhere)
     with pytest.raises(StudyError, match=r"cpu_model='.*', this machine has 'Some Other CPU'"):
         run_search(config, task=tiny_task)
+    # one CPU name, another generation: the vector extensions tell them apart
+    other_generation = {**hardware_fingerprint(), "cpu_features": "avx avx2 fma"}
+    monkeypatch.setattr(search.study, "hardware_fingerprint", lambda: other_generation)
+    with pytest.raises(StudyError, match=r"cpu_features='.*', this machine has 'avx avx2 fma'"):
+        run_search(config, task=tiny_task)
     mixed = config_for(home, trials=1, study_name="hw", allow_mixed_hardware=True)
     assert run_search(mixed, task=tiny_task).trials_run == 1
 

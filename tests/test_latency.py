@@ -36,6 +36,28 @@ def test_fingerprint_names_the_hardware() -> None:
     assert np.all([value != "" for value in fingerprint.values()])
 
 
+ZEN4 = (
+    "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni sha_ni\n\nprocessor\t: 1\n"
+)
+ZEN3 = "cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: avx2 fma avx\n"
+GRAVITON = (
+    "processor\t: 0\nFeatures\t: fp asimd asimddp i8mm sve\nCPU implementer\t: 0x41\n"
+    "CPU part\t: 0xd40\n"
+)
+
+
+def test_two_cpu_generations_of_one_name_have_different_fingerprints() -> None:
+    from search.latency import cpu_features, cpu_id
+
+    assert cpu_features(ZEN4) == "avx avx2 fma avx512f avx512_vnni"
+    assert cpu_features(ZEN3) == "avx avx2 fma"
+    assert (cpu_id(ZEN4), cpu_id(ZEN3)) == ("family 25 model 17", "family 25 model 1")
+    assert cpu_features(GRAVITON) == "asimd asimddp i8mm sve"
+    assert cpu_id(GRAVITON) == "implementer 0x41 part 0xd40"
+    assert (cpu_features(""), cpu_id("")) == ("unknown", "unknown")
+
+
 def test_a_clearly_too_slow_graph_is_screened_in_a_few_calls(tiny_task, tmp_path) -> None:
     from search.latency import SCREEN_REPEATS
 
