@@ -136,7 +136,10 @@ def test_the_command_line_runs_one_and_writes_its_file(tmp_path, tiny_task) -> N
         "--output", "pruned.onnx", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "x faster" in result.stdout and "x smaller" in result.stdout
+    # the measured ratio, whichever way it goes: on a Zen 4 host (AVX-512) the tiny model
+    # pruned by a quarter ran slower than before, as latency is not monotonic in channels
+    assert "x faster" in result.stdout or "x slower" in result.stdout
+    assert "x smaller" in result.stdout
     assert (tmp_path / "pruned.onnx").exists()
 
 
