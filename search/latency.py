@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from search.file_lock import held
 from search.memory import peak_memory
 
 if TYPE_CHECKING:
@@ -420,18 +421,10 @@ def measurement_lock(folder: Path, device: str) -> Iterator[None]:
 
     Parallel workers on one machine would otherwise time each other's contention: each
     waits for the other's measurement to end (fine-tuning and everything else still run
-    side by side). An advisory ``flock`` on ``<folder>/latency-<device>.lock``; the kernel
-    releases it if the holder dies.
+    side by side). The lock is ``<folder>/latency-<device>.lock`` (``search.file_lock``).
     """
-    import fcntl
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"latency-{device}.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with held(folder / f"latency-{device}.lock"):
+        yield
 
 
 def hardware_fingerprint() -> dict[str, str]:
@@ -439,10 +432,11 @@ def hardware_fingerprint() -> dict[str, str]:
     import onnxruntime
     import torch
 
+    cpuinfo = _cpuinfo()
     return {
-        "cpu_model": _cpu_model(),
-        "cpu_id": cpu_id(_cpuinfo()),
-        "cpu_features": cpu_features(_cpuinfo()),
+        "cpu_model": cpu_model(cpuinfo),
+        "cpu_id": cpu_id(cpuinfo),
+        "cpu_features": cpu_features(cpuinfo),
         "cpu_count": str(os.cpu_count()),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
@@ -500,10 +494,9 @@ def cpu_id(cpuinfo: str) -> str:
     return "unknown"
 
 
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+def cpu_model(cpuinfo: str) -> str:
+    """The first CPU's marketing name (x86 ``model name``), else what Python reports."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"

@@ -48,8 +48,9 @@ GRAVITON = (
 
 
 def test_two_cpu_generations_of_one_name_have_different_fingerprints() -> None:
-    from search.latency import cpu_features, cpu_id
+    from search.latency import cpu_features, cpu_id, cpu_model
 
+    assert cpu_model(ZEN4) == cpu_model(ZEN3) == "AMD EPYC"  # the name alone cannot tell
     assert cpu_features(ZEN4) == "avx avx2 fma avx512f avx512_vnni"
     assert cpu_features(ZEN3) == "avx avx2 fma"
     assert (cpu_id(ZEN4), cpu_id(ZEN3)) == ("family 25 model 17", "family 25 model 1")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from search.file_lock import held
 from search.task import Split, accuracy
 from search.tasks.mobilenetv2 import MobileNetV2, MobileNetV2Config
 from search.tasks.vit import ViT, ViTConfig
@@ -153,16 +154,9 @@ class DigitsTask:
         threads: on 2 cores, 4 threads spinning against each other took over 9 minutes
         for a 45-second training. The second waits on the lock, then loads the file.
         """
-        import fcntl
-
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.baseline_path.with_suffix(".lock"), "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                if not self.baseline_path.exists():
-                    self._train_baseline()
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with held(self.baseline_path.with_suffix(".lock")):
+            if not self.baseline_path.exists():
+                self._train_baseline()
 
     def _train_baseline(self) -> None:
         torch.manual_seed(self.config.seed)
