@@ -251,6 +251,13 @@ def _search_lines(
             )
         lines.append("")
     for what, n in entry.get("nearest", {}).items():
+        if n.get("accuracy_kind") == "before fine-tuning":
+            lines.append(
+                f"  - {what}: trial {n['trial']}, stopped before fine-tuning (over the "
+                f"budget) at {n['p50_ms']:.4f} ms, {n['faster']:.2f}× faster, "
+                f"{n['smaller']:.2f}× smaller"
+            )
+            continue
         lines.append(
             f"  - {what}: trial {n['trial']}, {n['accuracy']:.4f} ({n['delta_points']:+.2f} "
             f"points) at {n['p50_ms']:.4f} ms, {n['faster']:.2f}× faster, "

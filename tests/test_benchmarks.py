@@ -91,6 +91,18 @@ def test_with_nothing_feasible_the_nearest_misses_say_by_how_much() -> None:
     assert under["faster"] == pytest.approx(5)
     within = misses["fastest within the accuracy floor"]
     assert within["trial"] == 2 and within["p50_ms"] == 0.4
+    assert "fastest candidate measured" not in misses  # a fine-tuned one is under it
+
+
+def test_with_nothing_fine_tuned_under_the_budget_the_fastest_draft_says_how_near() -> None:
+    base = _trial((0.99, 0.6, 1.0), feasible=False, baseline=True)
+    accurate_but_slow = _trial((0.985, 0.4, 0.3), feasible=False)
+    draft = _trial((0.10, 0.2, 0.1), feasible=False, kind="before fine-tuning")
+    misses = nearest_misses(_study([base, accurate_but_slow, draft], 0.15))
+    assert "most accurate under the budget" not in misses
+    fastest = misses["fastest candidate measured"]
+    assert fastest["trial"] == 2 and fastest["faster"] == pytest.approx(3)
+    assert fastest["accuracy_kind"] == "before fine-tuning"
 
 
 def test_overhead_is_what_the_work_phases_leave() -> None:
