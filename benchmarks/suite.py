@@ -369,11 +369,12 @@ def nearest_misses(study: optuna.Study) -> dict[str, dict[str, Any]]:
         return {}
     budget = float(study.user_attrs["latency_budget_ms"])
     floor = base.values[0] - float(study.user_attrs.get("max_accuracy_drop", 0.01))
-    judged = [
+    measured = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("accuracy_kind") == "deployed" and not t.user_attrs.get("baseline")
+        if not t.user_attrs.get("baseline")
     ]
+    judged = [t for t in measured if t.user_attrs.get("accuracy_kind") == "deployed"]
     under = [t for t in judged if t.values[1] <= budget]
     accurate = [t for t in judged if t.values[0] >= floor]
 
@@ -381,18 +382,12 @@ def nearest_misses(study: optuna.Study) -> dict[str, dict[str, Any]]:
     if under:
         best = max(under, key=lambda t: t.values[0])
         found["most accurate under the budget"] = _figures(best, base)
-    else:  # no fine-tuned model under it: how near did any architecture come, even a draft?
-        measured = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if not t.user_attrs.get("baseline")
-        ]
-        if measured:
-            fastest = min(measured, key=lambda t: t.values[1])
-            found["fastest candidate measured"] = {
-                **_figures(fastest, base),
-                "accuracy_kind": fastest.user_attrs.get("accuracy_kind", "deployed"),
-            }
+    elif measured:  # no fine-tuned model under it: how near did any architecture come?
+        fastest = min(measured, key=lambda t: t.values[1])
+        found["fastest candidate measured"] = {
+            **_figures(fastest, base),
+            "accuracy_kind": fastest.user_attrs.get("accuracy_kind", "deployed"),
+        }
     if accurate:
         fastest = min(accurate, key=lambda t: t.values[1])
         found["fastest within the accuracy floor"] = _figures(fastest, base)
