@@ -250,7 +250,10 @@ def test_a_given_anchor_p50_is_the_scale_of_every_figure(home, tiny_task) -> Non
     study = optuna.load_study(study_name="given", storage=config.storage_url)
     assert study.user_attrs["anchor_p50_ms"] == 50.0
     latency = study.trials[0].user_attrs["latency"]
-    assert latency["p50_ms"] == pytest.approx(50.0, rel=0.1)
+    # the scale, not the timing's precision: the same file timed in turn with itself read
+    # 55.1 on a fresh-clone CI run (10.1% off, sub-millisecond turns on 2 busy cores); an
+    # unscaled figure would read under 5
+    assert latency["p50_ms"] == pytest.approx(50.0, rel=0.3)
     assert latency["raw_p50_ms"] < 5.0  # the tiny model alone: far under a millisecond
 
 
