@@ -82,7 +82,9 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         '"Best" is the feasible trial (under the budget, within one point of the baseline '
         "on validation) with the largest ×faster × ×smaller, chosen before the test split is "
         "looked at; each feasible trial's test accuracy is listed under its search, with the "
-        "search's own ×faster and ×smaller.",
+        "search's own ×faster and ×smaller; (pick) marks this rule's choice and (promote) "
+        "the trial `search promote` takes by default (the most accurate on validation, ties "
+        "to the faster), which a user deploying by hand would get.",
         "",
         "## Search efficiency",
         "",
@@ -222,6 +224,17 @@ def _range_caveat(compression: dict[str, Any]) -> list[str]:
     ]
 
 
+def _trial_marked(number: int, entry: dict[str, Any]) -> str:
+    """A candidate's trial number, marked when a rule chose it (results before the
+    promote mark was recorded carry only the pick)."""
+    marks = [
+        mark
+        for mark, key in (("pick", "trial"), ("promote", "promote_trial"))
+        if entry.get(key) == number
+    ]
+    return f"{number} ({', '.join(marks)})" if marks else str(number)
+
+
 def _search_lines(
     share: str, budget_ms: float, entry: dict[str, Any], base_test: float
 ) -> list[str]:
@@ -244,7 +257,7 @@ def _search_lines(
         ]
         for c in candidates:
             lines.append(
-                f"  | {c['trial']} | {c['accuracy']:.4f} "
+                f"  | {_trial_marked(c['trial'], entry)} | {c['accuracy']:.4f} "
                 f"({c['delta_points']:+.2f}) | {c['test_accuracy']:.4f} "
                 f"({100 * (c['test_accuracy'] - base_test):+.2f}) | {c['faster']:.2f} | "
                 f"{c['smaller']:.2f} |"

@@ -38,6 +38,7 @@ from search.latency import hardware_fingerprint, measure_latency
 from search.levers import LeverSettings
 from search.oneshot import FINETUNE, TrialRef, run_one_shot
 from search.profile import Target, baseline_target, trial_target
+from search.promote import choose_trial
 from search.runner import run_search
 from search.runtime import Artifact
 from search.runtimes import evaluate
@@ -251,7 +252,13 @@ def _compression_entry(
         entry["nearest"] = nearest_misses(study)
         return entry
     name = f"{label}, seed {config.seed} (trial {best.number})"
-    return {**entry, "trial": best.number, "params": best.params, "name": name}
+    return {
+        **entry,
+        "trial": best.number,
+        "promote_trial": choose_trial(study, None).number,
+        "params": best.params,
+        "name": name,
+    }
 
 
 def over_seeds(

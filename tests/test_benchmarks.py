@@ -340,6 +340,26 @@ def test_the_next_median_lands_in_a_three_seed_range_three_times_in_five() -> No
         assert inside.mean() == pytest.approx(chance_next_median_within(seeds), abs=0.015)
 
 
+def test_the_report_marks_the_pick_and_what_promote_would_take() -> None:
+    results = _results(faster_student=1.5, hv_random=0.25)
+    search = results["compression"]["0.5x"]["seeds"][0]
+
+    def candidate(trial: int, validation: float, test: float) -> dict:
+        delta = 100 * (validation - 0.99)
+        return {"trial": trial, "accuracy": validation, "delta_points": delta,
+                "test_accuracy": test, "faster": 2.0, "smaller": 5.0}  # fmt: skip
+
+    search["candidates"] = [candidate(1, 0.99, 0.97), candidate(3, 0.985, 0.99)]
+    search["promote_trial"] = 1
+    text = render_markdown(results, "plot.png")
+    assert "  | 1 (promote) | 0.9900 (+0.00) | 0.9700 (-2.00) |" in text
+    assert "  | 3 (pick) | 0.9850 (-0.50) | 0.9900 (+0.00) |" in text
+    search["promote_trial"] = 3  # both rules on one trial
+    assert "  | 3 (pick, promote) |" in render_markdown(results, "plot.png")
+    del search["promote_trial"]  # a results file from before the mark
+    assert "  | 1 | 0.9900" in render_markdown(results, "plot.png")
+
+
 def test_the_markdown_names_the_command_and_the_ratio() -> None:
     text = render_markdown(_results(faster_student=1.5, hv_random=0.25), "plot.png")
     assert "`python -m benchmarks run`" in text
