@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, lines = agreement(args.first, args.second)
         print("\n".join(lines))
         return 0 if ok else 1
-    from search.errors import ConfigError
+    from search.common.errors import ConfigError
 
     try:
         return _run(args, argv if argv is not None else sys.argv[1:])
@@ -84,8 +84,8 @@ def _share(text: str) -> float:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from search.levers import LeverSettings, check_levers_and_options, parse_assignments
-    from search.runtimes import check_target
+    from search.core.levers import LeverSettings, check_levers_and_options, parse_assignments
+    from search.measure.runtimes import check_target
 
     check_target(args.runtime, args.device)
     fixed = parse_assignments(args.fix)
@@ -123,9 +123,9 @@ def _serve_load(args: argparse.Namespace) -> int:
     import tempfile
 
     from benchmarks.serve_load import load_test, markdown
-    from search.config import SearchConfig
-    from search.runtime import export_onnx
-    from search.task import load_task
+    from search.core.config import SearchConfig
+    from search.measure.onnx_runtime import export_onnx
+    from search.tasks.loader import load_task
 
     config = SearchConfig(home=Path.cwd())
     task = load_task("digits", cache_dir=config.cache_dir)

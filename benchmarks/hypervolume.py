@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 from optuna._hypervolume import compute_hypervolume
 
-from search.study import is_feasible
+from search.track.trials import is_feasible
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Box:
 
 def box_of(study: optuna.Study) -> Box:
     """The reference point a study was judged by: its floor, budget and baseline size."""
-    from search.study import baseline_trial
+    from search.track.trials import baseline_trial
 
     base = baseline_trial(study)
     if base is None or base.values is None:

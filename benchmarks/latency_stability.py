@@ -23,8 +23,8 @@ _CHILD = """
 import json, sys
 import numpy as np
 from pathlib import Path
-from search.latency import measure_latency
-from search.runtime import Artifact
+from search.measure.latency import measure_latency
+from search.measure.artifact import Artifact
 path, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 inputs = np.load(path + ".npy")
 stats = measure_latency(Artifact(Path(path), "fp32"), inputs, threads=threads)
@@ -42,8 +42,8 @@ def main() -> None:
 
     import numpy as np
 
-    from search.objective import deploy_baseline
-    from search.task import load_task
+    from search.core.objective import deploy_baseline
+    from search.tasks.loader import load_task
 
     task = load_task(args.task, cache_dir=Path.cwd() / "studies" / "cache")
     with tempfile.TemporaryDirectory(prefix="stability-") as scratch:

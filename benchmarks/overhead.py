@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from search.phases import WORK_PHASES
+from search.core.phases import WORK_PHASES
 
 
 @dataclass(frozen=True)

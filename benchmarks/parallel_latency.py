@@ -29,9 +29,9 @@ from pathlib import Path
 _TRAINER = """
 import sys, torch
 from pathlib import Path
-from search.task import load_task
-from search.training import fit
-from search.workers import torch_threads_per_worker
+from search.tasks.loader import load_task
+from search.train.loop import fit
+from search.core.workers import torch_threads_per_worker
 torch.set_num_threads(torch_threads_per_worker(2))
 task = load_task(sys.argv[1], cache_dir=Path(sys.argv[2]))
 model = task.build_model()
@@ -99,9 +99,9 @@ def compare_searches(task: str, trials: int, budget: str, cache: Path) -> dict:
 
 def compare_under_load(task_spec: str, repeats: int, cache: Path) -> dict:
     """The baseline's p50, quiet and while another process fine-tunes, interleaved."""
-    from search.latency import measure_latency
-    from search.objective import deploy_baseline
-    from search.task import load_task
+    from search.core.objective import deploy_baseline
+    from search.measure.latency import measure_latency
+    from search.tasks.loader import load_task
 
     task = load_task(task_spec, cache_dir=cache)
     inputs = task.example_inputs(1).numpy()

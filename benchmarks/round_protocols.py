@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.side_by_side import time_rounds
-from search.profile import Target
-from search.runtime import Artifact
+from search.core.profile import Target
+from search.measure.artifact import Artifact
 
 PROTOCOLS = {False: "one after another", True: "in turn"}
 

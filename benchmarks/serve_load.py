@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from search.serve import ServedModel, ServeSettings, build_app
+from search.registry.serve import ServedModel, ServeSettings, build_app
 
 MAX_BATCH = 16
 MAX_WAIT_MS = 2.0

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.paired import paired_delta
-from search.latency import interleaved_times, measure_latency
-from search.profile import Target
-from search.runtime import Artifact
-from search.runtimes import predict
-from search.task import Task
+from search.core.profile import Target
+from search.measure.artifact import Artifact
+from search.measure.latency import interleaved_times, measure_latency
+from search.measure.runtimes import predict
+from search.train.task import Task
 
 
 @dataclass(frozen=True)

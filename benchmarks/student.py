@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from search.objective import count_macs_and_params, deploy_baseline
-from search.profile import Target
+from search.core.objective import count_macs_and_params, deploy_baseline
+from search.core.profile import Target
 from search.tasks.digits import DigitsTask
 from search.tasks.mobilenetv2 import MobileNetV2
-from search.training import Distillation, fit
+from search.train.loop import Distillation, fit
 from techniques.distillation import REFERENCE
 
 WIDTH_FACTOR = 0.5

@@ -33,17 +33,18 @@ from benchmarks.overhead import overhead
 from benchmarks.roofline import floor_of, measure_peaks, onnx_bytes
 from benchmarks.side_by_side import Compared, compare, test_scores, time_rounds
 from benchmarks.student import distilled_student
-from search.config import SearchConfig
-from search.latency import hardware_fingerprint, measure_latency
-from search.levers import LeverSettings
-from search.oneshot import FINETUNE, TrialRef, run_one_shot
-from search.profile import Target, baseline_target, trial_target
-from search.promote import choose_trial
-from search.runner import run_search
-from search.runtime import Artifact
-from search.runtimes import evaluate
-from search.study import baseline_trial, is_feasible
-from search.task import Task, load_task
+from search.core.config import SearchConfig
+from search.core.levers import LeverSettings
+from search.core.oneshot import FINETUNE, TrialRef, run_one_shot
+from search.core.profile import Target, baseline_target, trial_target
+from search.core.runner import run_search
+from search.measure.artifact import Artifact
+from search.measure.latency import hardware_fingerprint, measure_latency
+from search.measure.runtimes import evaluate
+from search.registry.promote import choose_trial
+from search.tasks.loader import load_task
+from search.track.trials import baseline_trial, is_feasible
+from search.train.task import Task
 from techniques import TECHNIQUES
 
 Say = Callable[[str], None]

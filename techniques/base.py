@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     import optuna
     from torch import nn
 
-    from search.runtime import Artifact
-    from search.task import Task
-    from search.training import Recipe
+    from search.measure.artifact import Artifact
+    from search.train.loop import Recipe
+    from search.train.task import Task
 
 
 class TechniqueError(ValueError):

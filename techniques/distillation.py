@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from search.tasks.mobilenetv2 import InvertedResidual
-from search.training import Distillation, Recipe
+from search.train.loop import Distillation, Recipe
 from techniques.base import Context, TechniqueError
 
 if TYPE_CHECKING:

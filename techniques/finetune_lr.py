@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from search.training import Recipe, recovery_lr
+from search.train.loop import Recipe, recovery_lr
 from techniques.base import Context, TechniqueError
 
 if TYPE_CHECKING:

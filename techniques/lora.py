@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from search.training import Recipe
+from search.train.loop import Recipe
 from techniques.base import Context, TechniqueError
 from techniques.surgery import replace_modules
 

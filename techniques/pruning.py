@@ -39,7 +39,7 @@ from techniques.base import Context, TechniqueError
 if TYPE_CHECKING:
     import optuna
 
-    from search.task import Task
+    from search.train.task import Task
 
 MAX_RATIO = 0.7
 ROUND_TO = 8

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from search.runtime import INPUT_NAME, Artifact
-from search.runtimes import formats
-from search.training import Recipe
+from search.measure.artifact import INPUT_NAME, Artifact
+from search.measure.runtimes import formats
+from search.train.loop import Recipe
 from techniques.base import Context, TechniqueError
 from techniques.fake_quant import FakeQuantSpec, insert_fake_quant, remove_fake_quant
 
@@ -193,7 +193,7 @@ def quantize(
                 f"quant.scheme={params.scheme} runs through ONNX Runtime; "
                 "a PyTorch program takes fp16 or bf16"
             )
-        from search.torch_runtime import to_half
+        from search.measure.torch_runtime import to_half
 
         return to_half(artifact, params.scheme)
     if params.scheme == "bf16":

@@ -36,14 +36,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from search.runtime import (
+from search.measure.artifact import Artifact
+from search.measure.onnx_runtime import (
     OPTIMIZATION_LEVELS,
     TENSORRT_PROVIDERS,
-    Artifact,
     tensorrt_available,
     with_session_settings,
 )
-from search.training import Recipe
+from search.train.loop import Recipe
 from techniques.base import Context, TechniqueError
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from search.runtime import Artifact
-from search.training import Recipe
+from search.measure.artifact import Artifact
+from search.train.loop import Recipe
 from techniques.base import Context, TechniqueError
 
 if TYPE_CHECKING:

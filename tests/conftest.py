@@ -35,7 +35,7 @@ def ctrl_c_handling_restored() -> Iterator[None]:
     and its quiet unraisable hook (``search/interrupt.py``); the next test gets pytest's."""
     import signal
 
-    from search import interrupt
+    from search.common import interrupt
 
     handler, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     yield
@@ -56,7 +56,7 @@ def shorter_latency_limits() -> Iterator[None]:
     each keeps it at the one second a candidate alone had. The minimum of 100 calls stays.
     Spawned workers and subprocesses keep the shipped limits.
     """
-    import search.latency as latency
+    import search.measure.latency as latency
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(latency, "MIN_MEASURE_S", 0.5)

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from search.batching import DynamicBatcher, ResultCache, ServeStats, input_key
+from search.registry.batching import DynamicBatcher, ResultCache, ServeStats, input_key
 
 
 def _doubler(seen: list[int], fail_on: int | None = None):

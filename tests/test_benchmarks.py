@@ -18,7 +18,8 @@ from benchmarks.overhead import overhead
 from benchmarks.report import render_markdown, results_stem
 from benchmarks.roofline import Peaks, floor_of, onnx_bytes
 from benchmarks.suite import best_feasible, fine_tuned_name, nearest_misses
-from search.study import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY, make_sampler
+from search.core.study import make_sampler
+from search.track.trials import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -440,7 +441,7 @@ def _matmul_file(path, width: int):
     """A one-MatMul ONNX file with the search's input and output names."""
     from onnx import TensorProto, helper, numpy_helper, save
 
-    from search.runtime import INPUT_NAME, OUTPUT_NAME, Artifact
+    from search.measure.artifact import INPUT_NAME, OUTPUT_NAME, Artifact
 
     weight = numpy_helper.from_array(np.ones((64, width), dtype=np.float32), "W")
     graph = helper.make_graph(
@@ -487,7 +488,7 @@ def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     import time
 
     from benchmarks.side_by_side import ScoreOnTest, compare, time_rounds
-    from search.profile import Target
+    from search.core.profile import Target
 
     models = [
         Target("big", _matmul_file(tmp_path / "big.onnx", 512), macs=64 * 512),

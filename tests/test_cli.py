@@ -97,8 +97,8 @@ def test_bad_input_in_a_real_process_is_one_line_and_exit_2(
 
 
 def run_main(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    """``search ARGS`` through ``search.cli:main`` here: (exit code, stdout, stderr)."""
-    from search.cli import main
+    """``search ARGS`` through ``search.cli.app:main`` here: (exit code, stdout, stderr)."""
+    from search.cli.app import main
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["search", *args])
@@ -195,16 +195,16 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
 
 
 def test_an_unexpected_error_is_one_line_unless_debug(tmp_path, monkeypatch, capsys) -> None:
-    import search.browse
-    import search.study
-    from search.cli import main
+    import search.core.study
+    import search.track.browse
+    from search.cli.app import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug\nwith two lines")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(search.study, "load_existing_study", lambda *a, **k: None)
-    monkeypatch.setattr(search.browse, "status", broken)
+    monkeypatch.setattr(search.core.study, "load_existing_study", lambda *a, **k: None)
+    monkeypatch.setattr(search.track.browse, "status", broken)
     monkeypatch.setattr(sys, "argv", ["search", "status"])
     with pytest.raises(SystemExit) as stopped:
         main()

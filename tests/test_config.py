@@ -1,7 +1,7 @@
 import pytest
 
-from search.config import SearchConfig, parse_latency_ms
-from search.errors import ConfigError
+from search.common.errors import ConfigError
+from search.core.config import SearchConfig, parse_latency_ms
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_default_study_name_resumes_the_same_study(tmp_path) -> None:
 
 
 def test_a_relative_budget_is_a_factor_of_the_baseline() -> None:
-    from search.config import parse_latency_budget
+    from search.core.config import parse_latency_budget
 
     assert parse_latency_budget("0.5x") == (0.0, 0.5)
     assert parse_latency_budget(" 2 x ") == (0.0, 2.0)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from search.config_file import load_config_file, search_config_from
-from search.errors import ConfigError
-from search.levers import LeverSettings
+from search.common.errors import ConfigError
+from search.core.config_file import load_config_file, search_config_from
+from search.core.levers import LeverSettings
 
 GOOD = """
 [run]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from search.tasks.mobilenetv2 import InvertedResidual
-from search.training import Distillation, FeatureMatch, fit
+from search.train.loop import Distillation, FeatureMatch, fit
 from techniques.distillation import stage_ends
 from techniques.pruning import prune_channels
 
@@ -68,7 +68,7 @@ def test_the_ema_teacher_keeps_at_least_half_the_loss_on_the_labels(tiny_task, t
     import optuna
     import pytest
 
-    from search.training import Recipe
+    from search.train.loop import Recipe
     from techniques import Context
     from techniques.base import TechniqueError
     from techniques.distillation import EMA_MAX_ALPHA, KnowledgeDistillation

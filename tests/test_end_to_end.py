@@ -7,10 +7,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.config import SearchConfig
-from search.levers import LeverSettings
-from search.runner import prepare_space, run_search
-from search.tracking import PARENT_TAG, TRIAL_TAG
+from search.core.config import SearchConfig
+from search.core.levers import LeverSettings
+from search.core.runner import prepare_space, run_search
+from search.track.tracker import PARENT_TAG, TRIAL_TAG
 
 TRIAL_METRICS = {
     "accuracy",
@@ -126,7 +126,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
 
 @pytest.mark.slow  # a whole two-trial search at batch 4; run by scripts/test.sh --slow
 def test_the_throughput_objective_records_items_per_second(home, tiny_task, capsys) -> None:
-    from search.cli import pareto_command
+    from search.cli.app import pareto_command
 
     config = config_for(home, objective="throughput", batch_size=4, trials=2)
     result = run_search(config, task=tiny_task)
@@ -177,7 +177,7 @@ def test_latency_first_stops_a_too_slow_candidate_before_fine_tuning(
     home, tiny_task, latency_first
 ) -> None:
     """A budget below the baseline's latency: pruning 10% cannot meet it either."""
-    from search.latency import SCREEN_REPEATS
+    from search.measure.latency import SCREEN_REPEATS
 
     levers = LeverSettings(
         off=("width", "lowrank", "lora", "quant"),
@@ -259,19 +259,19 @@ def test_a_given_anchor_p50_is_the_scale_of_every_figure(home, tiny_task) -> Non
 
 @pytest.mark.slow  # 20 s: two searches; scripts/test.sh --slow and CI run it
 def test_a_study_refuses_latencies_from_other_hardware(home, tiny_task, monkeypatch) -> None:
-    import search.study
-    from search.errors import StudyError
-    from search.latency import hardware_fingerprint
+    import search.core.study
+    from search.common.errors import StudyError
+    from search.measure.latency import hardware_fingerprint
 
     config = config_for(home, trials=1, study_name="hw")
     run_search(config, task=tiny_task)
     elsewhere = {**hardware_fingerprint(), "cpu_model": "Some Other CPU"}
-    monkeypatch.setattr(search.study, "hardware_fingerprint", lambda: elsewhere)
+    monkeypatch.setattr(search.core.study, "hardware_fingerprint", lambda: elsewhere)
     with pytest.raises(StudyError, match=r"cpu_model='.*', this machine has 'Some Other CPU'"):
         run_search(config, task=tiny_task)
     # one CPU name, another generation: the vector extensions tell them apart
     other_generation = {**hardware_fingerprint(), "cpu_features": "avx avx2 fma"}
-    monkeypatch.setattr(search.study, "hardware_fingerprint", lambda: other_generation)
+    monkeypatch.setattr(search.core.study, "hardware_fingerprint", lambda: other_generation)
     with pytest.raises(StudyError, match=r"cpu_features='.*', this machine has 'avx avx2 fma'"):
         run_search(config, task=tiny_task)
     mixed = config_for(home, trials=1, study_name="hw", allow_mixed_hardware=True)
@@ -280,7 +280,7 @@ def test_a_study_refuses_latencies_from_other_hardware(home, tiny_task, monkeypa
 
 @pytest.mark.slow  # 15 s: a search, then its refusal; scripts/test.sh --slow and CI run it
 def test_resuming_with_another_budget_is_refused(home, tiny_task) -> None:
-    from search.errors import StudyError
+    from search.common.errors import StudyError
 
     run_search(config_for(home, trials=1, study_name="s"), task=tiny_task)
     with pytest.raises(StudyError, match="latency_budget_ms=1000ms"):
@@ -315,7 +315,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(home, tiny_task, monk
 
 
 def test_a_model_that_fails_to_build_is_one_clear_error(home, tiny_task, monkeypatch) -> None:
-    from search.errors import TaskError
+    from search.common.errors import TaskError
 
     def broken() -> None:
         raise OSError("weights.pt not found")
@@ -331,7 +331,7 @@ def test_a_model_that_fails_to_build_is_one_clear_error(home, tiny_task, monkeyp
 
 
 def test_an_unreachable_tracking_server_is_one_clear_error(home, tiny_task, monkeypatch) -> None:
-    from search.errors import TrackingError
+    from search.common.errors import TrackingError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     config = config_for(home, trials=1, tracking_uri="http://127.0.0.1:9")  # nothing listens

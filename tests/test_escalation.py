@@ -7,9 +7,9 @@ import pytest
 from mlflow import MlflowClient
 from test_end_to_end import config_for, finished
 
-from search.escalation import escalate_reference, smaller_params, stronger_params
-from search.levers import LeverSettings
-from search.runner import run_search
+from search.core.escalation import escalate_reference, smaller_params, stronger_params
+from search.core.levers import LeverSettings
+from search.core.runner import run_search
 from techniques.pruning import MAX_RATIO
 
 

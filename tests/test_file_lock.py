@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from search.file_lock import held
+from search.common.file_lock import held
 
 HOLD_IN_CHILD = """
 import sys, time
 from pathlib import Path
-from search.file_lock import held
+from search.common.file_lock import held
 with held(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

@@ -4,10 +4,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.config import SearchConfig
-from search.levers import LeverSettings
-from search.runner import run_search
-from search.training import Recipe, recovery_lr
+from search.core.config import SearchConfig
+from search.core.levers import LeverSettings
+from search.core.runner import run_search
+from search.train.loop import Recipe, recovery_lr
 from techniques import Context
 from techniques.finetune_lr import FinetuneLR, FinetuneLRParams, rates
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from search import interrupt
-from search.phases import PhaseClock
-from search.training import fit
+from search.common import interrupt
+from search.core.phases import PhaseClock
+from search.train.loop import fit
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_the_user_sees_one_line_not_a_traceback_for_the_swallowed_ctrl_c() -> No
     """Outside pytest (which catches unraisable errors itself), as the CLI runs."""
     script = textwrap.dedent("""
         import os, signal
-        from search import interrupt
+        from search.common import interrupt
         class SendsCtrlCWhenCollected:
             def __del__(self):
                 os.kill(os.getpid(), signal.SIGINT)

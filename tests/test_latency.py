@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from search.latency import LatencyStats, hardware_fingerprint, measure_latency
-from search.runtime import compact_names, export_onnx
-from search.runtimes import evaluate
+from search.measure.latency import LatencyStats, hardware_fingerprint, measure_latency
+from search.measure.onnx_runtime import compact_names, export_onnx
+from search.measure.runtimes import evaluate
 
 
 def test_latency_stats_are_ordered_and_carry_their_protocol(tiny_task, tmp_path) -> None:
@@ -48,7 +48,7 @@ GRAVITON = (
 
 
 def test_two_cpu_generations_of_one_name_have_different_fingerprints() -> None:
-    from search.latency import cpu_features, cpu_id, cpu_model
+    from search.measure.latency import cpu_features, cpu_id, cpu_model
 
     assert cpu_model(ZEN4) == cpu_model(ZEN3) == "AMD EPYC"  # the name alone cannot tell
     assert cpu_features(ZEN4) == "avx avx2 fma avx512f avx512_vnni"
@@ -60,7 +60,7 @@ def test_two_cpu_generations_of_one_name_have_different_fingerprints() -> None:
 
 
 def test_a_clearly_too_slow_graph_is_screened_in_a_few_calls(tiny_task, tmp_path) -> None:
-    from search.latency import SCREEN_REPEATS
+    from search.measure.latency import SCREEN_REPEATS
 
     artifact = export_onnx(
         tiny_task.build_model(), tiny_task.example_inputs(1), tmp_path / "m.onnx"
@@ -77,7 +77,7 @@ def test_the_graph_signature_ignores_weights_but_not_architecture_or_format(
 ) -> None:
     import torch
 
-    from search.runtime import graph_signature
+    from search.measure.runtimes import graph_signature
     from techniques.pruning import prune_channels
     from techniques.quantization import QuantParams, quantize
 
@@ -107,7 +107,7 @@ def test_the_measurement_lock_makes_a_second_process_wait(tmp_path) -> None:
     import sys
     import time
 
-    from search.latency import measurement_lock
+    from search.measure.latency import measurement_lock
 
     holder = subprocess.Popen(
         [
@@ -132,7 +132,7 @@ def test_the_measurement_lock_makes_a_second_process_wait(tmp_path) -> None:
 
 def test_files_timed_in_turn_each_get_a_block_of_their_own_length(tiny_task, tmp_path) -> None:
     """Turns of equal time: the faster file gets more calls; each is timed fully."""
-    from search.latency import MIN_REPEATS, interleaved_times
+    from search.measure.latency import MIN_REPEATS, interleaved_times
 
     example = tiny_task.example_inputs(1)
     small, large = _small_and_large(tiny_task, tmp_path)
@@ -176,7 +176,7 @@ def test_an_anchored_figure_is_the_candidate_scaled_to_the_anchor_s_p50(
     """Told that the anchor's p50 of record is three times what it reads alone, a candidate
     timed in turn with it reads its own p50 times (record / anchor now); raw figures kept.
     Both raw figures wobble on a busy host, so only the exact scaling is checked tightly."""
-    from search.latency import MIN_REPEATS, Anchor, measure_anchored
+    from search.measure.latency import MIN_REPEATS, Anchor, measure_anchored
 
     inputs = tiny_task.example_inputs(1).numpy()
     small, large = _small_and_large(tiny_task, tmp_path)
@@ -197,7 +197,7 @@ def test_an_anchored_figure_is_the_candidate_scaled_to_the_anchor_s_p50(
 def test_an_anchored_candidate_over_the_budget_is_screened_on_its_scaled_median(
     tiny_task, tmp_path
 ) -> None:
-    from search.latency import MIN_REPEATS, SCREEN_REPEATS, Anchor, measure_anchored
+    from search.measure.latency import MIN_REPEATS, SCREEN_REPEATS, Anchor, measure_anchored
 
     inputs = tiny_task.example_inputs(1).numpy()
     small, large = _small_and_large(tiny_task, tmp_path)

@@ -3,17 +3,16 @@
 import optuna
 import pytest
 
-from search.errors import ConfigError
-from search.levers import (
+from search.common.errors import ConfigError
+from search.core.levers import (
     LeverSettings,
     constrain_references,
-    explore_space,
     fixing_sampler,
     parse_assignments,
     resolve,
     space_rows,
 )
-from search.objective import every_parameter, reference_trials, sample_plan
+from search.core.space import every_parameter, explore_space, reference_trials, sample_plan
 from techniques import Context
 
 

@@ -1,10 +1,10 @@
 import torch
 from torch import nn
 
-from search.runtime import export_onnx
-from search.runtimes import evaluate
+from search.measure.onnx_runtime import export_onnx
+from search.measure.runtimes import evaluate
 from search.tasks.mobilenetv2 import MobileNetV2, MobileNetV2Config
-from search.training import fit
+from search.train.loop import fit
 from techniques.lora import LoRALayer, add_adapters, merge_adapters
 
 

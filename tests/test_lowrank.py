@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.objective import count_macs_and_params
+from search.core.objective import count_macs_and_params
 from search.tasks.mobilenetv2 import MobileNetV2, MobileNetV2Config
 from techniques.lowrank import factorise, rank_for, svd_pair
 

@@ -16,10 +16,10 @@ import optuna
 import pytest
 from servers import mlflow_server
 
-from search.config import SearchConfig
-from search.promote import promote
-from search.runner import run_search
-from search.tracking import TRIAL_TAG
+from search.core.config import SearchConfig
+from search.core.runner import run_search
+from search.registry.promote import promote
+from search.track.tracker import TRIAL_TAG
 
 # A server start, a three-trial search and a promotion: about a minute on 2 cores, so it
 # runs with the other real-server checks (PostgreSQL) in `scripts/test.sh --slow`.

@@ -16,9 +16,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.config import SearchConfig
-from search.errors import ConfigError
-from search.oneshot import (
+from search.common.errors import ConfigError
+from search.core.config import SearchConfig
+from search.core.oneshot import (
     EXPERIMENT,
     FINETUNE,
     UNIFORM_EXPAND,
@@ -27,7 +27,7 @@ from search.oneshot import (
     run_one_shot,
     schedule_steps,
 )
-from search.runner import prepare_space
+from search.core.runner import prepare_space
 
 FIXTURE_TASK = str(Path(__file__).parent / "fixtures" / "tiny_task.py") + ":make_task"
 
@@ -209,8 +209,8 @@ def test_finetune_without_a_trial_to_rebuild_is_refused_in_one_line(tiny_task, h
 def test_a_trial_of_a_study_is_rebuilt_then_compressed_further_or_fine_tuned_longer(
     tiny_task, home
 ) -> None:
-    from search.oneshot import TrialRef
-    from search.runner import run_search
+    from search.core.oneshot import TrialRef
+    from search.core.runner import run_search
 
     searched = replace(
         _config(home), latency_budget_factor=None, latency_budget_ms=50.0, trials=2,

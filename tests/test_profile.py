@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from search.errors import ConfigError
-from search.profile import profile_all
-from search.report import print_profiles
+from search.cli.report import print_profiles
+from search.common.errors import ConfigError
+from search.core.profile import profile_all
 
 TINY = f"{Path(__file__).parent / 'fixtures' / 'tiny_task.py'}:make_task"
 
@@ -39,9 +39,9 @@ def test_profile_of_the_baseline_prints_a_table_and_valid_json(tmp_path, task_ca
 
 
 def test_compare_puts_a_trial_beside_the_baseline_with_ratios(home, tiny_task) -> None:
-    from search.config import SearchConfig
-    from search.levers import LeverSettings
-    from search.runner import run_search
+    from search.core.config import SearchConfig
+    from search.core.levers import LeverSettings
+    from search.core.runner import run_search
 
     levers = LeverSettings(off=("width", "lowrank", "lora", "quant"))
     config = SearchConfig(

@@ -11,11 +11,11 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.config import SearchConfig
-from search.errors import ConfigError
-from search.promote import promote
-from search.runner import run_search
-from search.runtime import open_session
+from search.common.errors import ConfigError
+from search.core.config import SearchConfig
+from search.core.runner import run_search
+from search.measure.onnx_runtime import open_session
+from search.registry.promote import promote
 
 TINY = f"{Path(__file__).parent / 'fixtures' / 'tiny_task.py'}:make_task"
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from search.objective import count_macs_and_params
-from search.runtime import export_onnx, open_session
+from search.core.objective import count_macs_and_params
+from search.measure.onnx_runtime import export_onnx, open_session
 from search.tasks.mobilenetv2 import MobileNetV2, MobileNetV2Config
 from techniques.base import TechniqueError
 from techniques.pruning import PruneParams, output_layer, prune_channels

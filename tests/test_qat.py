@@ -7,9 +7,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from search.runtime import export_onnx, open_session
-from search.runtimes import evaluate
-from search.training import Recipe, fit
+from search.measure.onnx_runtime import export_onnx, open_session
+from search.measure.runtimes import evaluate
+from search.train.loop import Recipe, fit
 from techniques import Context
 from techniques.fake_quant import (
     FakeQuantLayer,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from search.runtime import export_onnx
-from search.runtimes import evaluate
+from search.measure.onnx_runtime import export_onnx
+from search.measure.runtimes import evaluate
 from techniques.base import TechniqueError
 from techniques.quantization import QuantParams, quantize
 
@@ -169,7 +169,7 @@ def test_a_draft_is_calibrated_by_min_max_whatever_the_trial_s_method(
     the histogram methods failed whole trials on collapsed drafts ("Too many bins")."""
     from dataclasses import replace
 
-    from search.runtime import graph_signature
+    from search.measure.runtimes import graph_signature
     from techniques.base import Context
     from techniques.quantization import Quantization
 

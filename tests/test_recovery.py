@@ -11,7 +11,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.recovery import ConsecutiveFailures, failure_streak
+from search.core.recovery import ConsecutiveFailures, failure_streak
 
 TINY = f"{Path(__file__).parent / 'fixtures' / 'tiny_task.py'}:make_task"
 COMMON = ["--task", TINY, "--latency-budget", "1000ms", "--max-accuracy-drop", "1",

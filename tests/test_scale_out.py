@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from servers import mlflow_server, postgres_binaries, postgres_server
 
-from search.tracking import TRIAL_TAG
+from search.track.tracker import TRIAL_TAG
 
 TINY = f"{Path(__file__).parent / 'fixtures' / 'tiny_task.py'}:make_task"
 

@@ -7,16 +7,16 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from search.config import SearchConfig
-from search.runtime import compact_names
-from search.runtimes import evaluate, export
-from search.sensitivity import (
+from search.core.config import SearchConfig
+from search.core.sensitivity import (
     LayerSensitivity,
     Sensitivity,
     layer_caps,
     layer_of,
     run_sensitivity,
 )
+from search.measure.onnx_runtime import compact_names
+from search.measure.runtimes import evaluate, export
 from techniques.pruning import prunable_layers, prune_channels
 
 
@@ -114,9 +114,9 @@ def test_a_capped_layer_keeps_its_channels_when_the_rest_is_pruned(tiny_task, tm
 def test_use_sensitivity_reads_caps_for_this_model_and_refuses_another(
     tiny_task, tmp_path
 ) -> None:
-    from search.errors import ConfigError
-    from search.runner import sensitivity_caps
-    from search.sensitivity import write_table
+    from search.common.errors import ConfigError
+    from search.core.runner import sensitivity_caps
+    from search.core.sensitivity import write_table
 
     model = tiny_task.build_model().eval()
     first = prunable_layers(model, tiny_task.example_inputs(1))[0]

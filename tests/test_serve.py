@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import requests
 
-from search.runtime import export_onnx
-from search.serve import ServeSettings, build_app, fetch_registered, parse_inputs
+from search.measure.onnx_runtime import export_onnx
+from search.registry.serve import ServeSettings, build_app, fetch_registered, parse_inputs
 
 NAME = "tiny-digits"
 
@@ -139,7 +139,7 @@ def test_inputs_are_checked_before_the_model_sees_them() -> None:
 
 
 def test_an_unknown_model_is_one_line(tmp_path) -> None:
-    from search.errors import ConfigError
+    from search.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no model 'nope' with alias 'champion'"):
         fetch_registered("nope", "champion", f"sqlite:///{tmp_path / 'm.db'}", tmp_path)

@@ -7,16 +7,16 @@ import onnx
 import optuna
 import pytest
 
-from search.runtime import (
+from search.measure.onnx_runtime import (
     OPTIMIZED_KEY,
     THREADS_KEY,
     export_onnx,
-    graph_signature,
     open_session,
     session_settings,
     tensorrt_available,
     with_session_settings,
 )
+from search.measure.runtimes import graph_signature
 from techniques import Context
 from techniques.session import SessionKnobs, SessionParams
 

@@ -7,7 +7,7 @@ from typing import Any
 import optuna
 import pytest
 
-from search.study import StudyError, make_storage
+from search.core.study import StudyError, make_storage
 
 OPENERS = 4
 ROUNDS = 5

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from search.errors import TaskError
-from search.task import load_task
+from search.common.errors import TaskError
 from search.tasks.digits import DigitsTask
+from search.tasks.loader import load_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from search.objective import baseline_params, reference_trials
+from search.core.space import baseline_params, reference_trials
 from techniques import TECHNIQUES, Context
 
 TRANSFORMER_LEVERS = {"attn"}  # checked on the tiny transformer, the rest on the tiny CNN
@@ -50,8 +50,8 @@ def test_space_is_namespaced_and_replayable(name, ctx) -> None:
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
 def test_applied_technique_yields_a_runnable_candidate(name, ctx, task) -> None:
-    from search.runtime import export_onnx
-    from search.runtimes import evaluate
+    from search.measure.onnx_runtime import export_onnx
+    from search.measure.runtimes import evaluate
 
     technique = TECHNIQUES[name]
     params_dict = dict(technique.reference_params(ctx) or {})
@@ -65,7 +65,7 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, task) -> None:
         params = technique.space(optuna.trial.FixedTrial(params_dict), ctx)
     model = task.build_model()
     if technique.stage == "training":
-        from search.training import Recipe, fit
+        from search.train.loop import Recipe, fit
         from techniques.pruning import prune_channels
 
         plain = Recipe(epochs=1, lr=0.001)  # a rate no lever picks, so setting one shows

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from search.latency import measure_latency
-from search.runtime import export_onnx, graph_signature
-from search.runtimes import evaluate, export, open_predictor
-from search.torch_runtime import export_program, to_half
+from search.measure.latency import measure_latency
+from search.measure.onnx_runtime import export_onnx
+from search.measure.runtimes import evaluate, export, graph_signature, open_predictor
+from search.measure.torch_runtime import export_program, to_half
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_a_compiled_program_is_fed_its_batch_size_padded(program, tiny_task) -> 
         expected = eager.run(x)
     with open_predictor(program, runtime="torch-compile", batch_size=4) as compiled:
         assert compiled.fixed_batch == 4 and "/compile" in compiled.label
-        from search.runtimes import _predict_in_batches
+        from search.measure.runtimes import _predict_in_batches
 
         got = _predict_in_batches(compiled, x)  # 4 + 1 padded to 4
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)

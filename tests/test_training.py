@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.training import Distillation, fit
+from search.train.loop import Distillation, fit
 
 
 def test_distillation_loss_is_zero_when_student_matches_teacher_and_alpha_is_one() -> None:
@@ -65,7 +65,7 @@ def test_fit_refuses_a_nan_loss() -> None:
 
 
 def test_self_distillation_learns_from_the_students_moving_average() -> None:
-    from search.training import _move_average
+    from search.train.loop import _move_average
 
     teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
     expected = (teacher.weight + student.weight).detach() / 2

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search.objective import count_macs_and_params
-from search.runtime import export_onnx
-from search.runtimes import evaluate
-from search.task import load_task
+from search.core.objective import count_macs_and_params
+from search.measure.onnx_runtime import export_onnx
+from search.measure.runtimes import evaluate
+from search.tasks.loader import load_task
 from search.tasks.vit import ViT, ViTConfig, linear_attention, softmax_attention
 from techniques.attention import attention_modules, swap_kernel
 from techniques.pruning import prune_channels

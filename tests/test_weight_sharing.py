@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from search.runtime import export_onnx
-from search.runtimes import evaluate
+from search.measure.onnx_runtime import export_onnx
+from search.measure.runtimes import evaluate
 from techniques.weight_sharing import cluster, share_weights
 
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.workers import trial_shares
+from search.core.workers import trial_shares
 
 TINY = f"{Path(__file__).parent / 'fixtures' / 'tiny_task.py'}:make_task"
 

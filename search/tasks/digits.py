@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from search.file_lock import held
-from search.task import Split, accuracy
+from search.common.file_lock import held
 from search.tasks.mobilenetv2 import MobileNetV2, MobileNetV2Config
 from search.tasks.vit import ViT, ViTConfig
-from search.training import fit
+from search.train.loop import fit
+from search.train.task import Split, accuracy
 
 # Width 0.35 with a 112-channel head: 15.8 M MACs, 0.26 M parameters, about 0.6 ms per image
 # on one thread of the reference CPU in ONNX Runtime, about 4 s per training epoch.
