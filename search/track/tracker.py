@@ -7,12 +7,12 @@ run per trial, linked both ways (run id on the trial, trial number on the run).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-import hashlib
-import re
 from typing import Any, Protocol
 
 from mlflow import MlflowClient
