@@ -1,31 +1,84 @@
 """Attention variant: softmax or linear attention, with the projections inherited.
 
 Every attention module (one with ``qkv`` and ``proj`` Linear layers and ``num_heads``,
-the names timm and the built-in ``digits-vit`` use) is replaced by the built-in
-``Attention`` with the chosen kernel and the same two projection layers, so the trained
-weights carry over; recovery fine-tuning then adapts them to the new kernel. Linear
-attention (elu + 1 feature map) costs O(N d^2) per head instead of O(N^2 d): whether that
-pays on the target is measured, not assumed; ONNX Runtime runs both as plain MatMuls.
+the shape timm's vision transformers and the built-in ``digits-vit`` share) is replaced by
+``KernelAttention`` with the chosen kernel and the same two projection layers, so the
+trained weights carry over; recovery fine-tuning then adapts them to the new kernel.
+Linear attention (elu + 1 feature map) costs O(N d^2) per head instead of O(N^2 d):
+whether that pays on the target is measured, not assumed; ONNX Runtime runs both as plain
+MatMuls.
 
-The lever applies to models with attention modules; for any other model it says so once
-and stays off.
+A module is swapped only where it computes plain multi-head softmax attention from those
+two projections: checked by running it beside its replacement on random tokens, so one
+that normalises queries and keys, or adds a bias or a mask, is left alone rather than
+silently changed. The lever applies to models with such modules; for any other model it
+says so once and stays off.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from search.tasks.vit import KERNELS, Attention
 from techniques.base import Context, TechniqueError
 from techniques.surgery import replace_modules
 
 if TYPE_CHECKING:
     import optuna
+
+
+KERNELS = ("softmax", "linear")
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for ``(B, heads, N, d)`` tensors: O(N^2 d) per head."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, N, N)
+    return scores.softmax(dim=-1) @ v
+
+
+def linear_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """Kernelised attention (Katharopoulos et al., 2020) with the feature map elu(x) + 1.
+
+    out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / (phi(q_i)^T sum_j phi(k_j)): the keys and
+    values are summed once into a ``(d, d)`` matrix per head, so the cost is O(N d^2)
+    instead of O(N^2 d); it pays only when the tokens outnumber the head width.
+    """
+    q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
+    kv = k.transpose(-2, -1) @ v  # (B, h, d, d)
+    normaliser = q @ k.sum(dim=-2, keepdim=True).transpose(-2, -1)  # (B, h, N, 1)
+    return (q @ kv) / (normaliser + eps)
+
+
+class KernelAttention(nn.Module):
+    """Multi-head self-attention over ``(B, N, C)`` tokens around existing projections."""
+
+    def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, *, kernel: str) -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise TechniqueError(f"attn.kernel={kernel!r} is unknown: use one of {KERNELS}")
+        if qkv.out_features % (3 * num_heads):
+            raise TechniqueError(f"qkv width {qkv.out_features} is not 3 x {num_heads} heads")
+        self.qkv, self.proj = qkv, proj  # shared with the module replaced: weights carry over
+        self.num_heads = num_heads
+        self.head_dim = qkv.out_features // (3 * num_heads)
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        attend = linear_attention if self.kernel == "linear" else softmax_attention
+        out = attend(q, k, v).transpose(1, 2)  # (B, N, h, d)
+        return self.proj(out.reshape(batch, tokens, self.num_heads * self.head_dim))
 
 
 @dataclass(frozen=True)
@@ -55,9 +108,8 @@ class AttentionLike(Protocol):
 def is_attention(module: nn.Module) -> bool:
     """A multi-head attention module by the names it keeps (timm's and ours).
 
-    Head pruning works on any of them; the kernel swap only on the built-in ``Attention``
-    (``swappable``): others may normalise queries and keys or take masks, which a swap
-    would silently drop.
+    Head pruning works on any of them; the kernel swap only where ``computes_plain_attention``
+    (others may normalise queries and keys or take masks, which a swap would drop).
     """
     return (
         isinstance(getattr(module, "qkv", None), nn.Linear)
@@ -71,10 +123,45 @@ def attention_modules(model: nn.Module) -> list[AttentionLike]:
     return [cast(AttentionLike, m) for m in model.modules() if is_attention(m)]
 
 
+_SWAPPABLE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
 def swappable(model: nn.Module) -> bool:
-    """Every attention module is the built-in one, whose kernel the lever can change."""
-    modules = [m for m in model.modules() if is_attention(m)]
-    return bool(modules) and all(isinstance(m, Attention) for m in modules)
+    """Every attention module computes plain attention, so its kernel can be changed.
+
+    Cached per model object: ``space`` asks for every trial and the base model does not
+    change during a run.
+    """
+    if model not in _SWAPPABLE:
+        modules = [m for m in model.modules() if is_attention(m)]
+        _SWAPPABLE[model] = bool(modules) and all(computes_plain_attention(m) for m in modules)
+    return _SWAPPABLE[model]
+
+
+def computes_plain_attention(module: nn.Module, *, tokens: int = 5) -> bool:
+    """Whether ``module`` gives what ``KernelAttention`` gives from its own projections.
+
+    Run in eval mode on random tokens (no dropout), with its own kernel: what the module
+    computes is the test, not its class or the names of its other parts.
+    """
+    found = cast(AttentionLike, module)
+    try:
+        replacement = KernelAttention(
+            found.qkv, found.proj, found.num_heads, kernel=kernel_of(found)
+        )
+    except TechniqueError:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, tokens, found.qkv.in_features, generator=generator)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return bool(torch.allclose(module(x), replacement(x), atol=1e-5, rtol=1e-4))
+    except Exception:  # a module that needs other arguments is not plain attention either
+        return False
+    finally:
+        module.train(was_training)
 
 
 def kernel_of(module: AttentionLike) -> str:
@@ -98,7 +185,10 @@ class AttentionKernel:
         if not attention_modules(ctx.base_model):
             return "no attention modules (qkv and proj Linear layers, num_heads)"
         if not swappable(ctx.base_model):
-            return "its attention modules are not search.tasks.vit.Attention"
+            return (
+                "its attention modules compute more than softmax attention from qkv and proj "
+                "(query/key norms, a bias or a mask), which a kernel swap would drop"
+            )
         return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> AttentionParams | None:
@@ -122,6 +212,6 @@ def swap_kernel(model: nn.Module, kernel: str) -> nn.Module:
         if not is_attention(module):
             return None
         found = cast(AttentionLike, module)
-        return Attention.from_projections(found.qkv, found.proj, found.num_heads, kernel=kernel)
+        return KernelAttention(found.qkv, found.proj, found.num_heads, kernel=kernel)
 
     return replace_modules(swapped, rule).eval()

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from search.tasks.mobilenetv2 import InvertedResidual
 from search.train.loop import Distillation, Recipe
 from techniques.base import Context, TechniqueError
+from techniques.blocks import inverted_residual_blocks
 
 if TYPE_CHECKING:
     import optuna
@@ -142,11 +142,13 @@ def stage_ends(model: nn.Module, example_inputs: torch.Tensor) -> tuple[str, ...
 def _find_stage_ends(model: nn.Module, example_inputs: torch.Tensor) -> tuple[str, ...]:
     """Names of the last block of each spatial resolution, where features are compared.
 
-    Blocks are the inverted residual blocks when the model has them, else its Conv2d
-    layers. The names survive the model-stage levers (pruning keeps them; low-rank, LoRA
-    and QAT replace a layer by a module under the same name with the same output shape).
+    Blocks are the inverted residual blocks when the model has them (found by structure,
+    ``techniques.blocks``: the block's own module, or its projection where the model keeps
+    blocks flat), else its Conv2d layers. The names survive the model-stage levers
+    (pruning keeps them; low-rank, LoRA and QAT replace a layer by a module under the same
+    name with the same output shape).
     """
-    blocks = [n for n, m in model.named_modules() if isinstance(m, InvertedResidual)]
+    blocks = [b.module or b.project for b in inverted_residual_blocks(model, example_inputs)]
     if not blocks:
         blocks = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     sizes: dict[str, tuple[int, ...]] = {}

@@ -9,8 +9,10 @@ from scratch. One ratio per stage (a block that changes width or resolution and 
 blocks after it: ``width.expand.s<i>``) by default, or one per block (``width.expand.b<j>``)
 with the option ``width.per = "block"``: finer, at the price of a larger space.
 
-The lever applies to models built from ``InvertedResidual`` blocks (the built-in
-MobileNetV2); for any other model it says so once and stays off.
+The blocks are found by structure (``techniques.blocks``): 1x1 expansion, depthwise,
+1x1 projection, however the model names them, with or without squeeze-excitation, so the
+lever works on the built-in MobileNetV2 and on a MobileNetV2 or V3 written as a model
+library writes it. For a model with no such block it says so once and stays off.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from search.tasks.mobilenetv2 import InvertedResidual
 from techniques.base import Context, TechniqueError
+from techniques.blocks import InvertedResidualBlock, inverted_residual_blocks
 
 if TYPE_CHECKING:
     import optuna
@@ -47,32 +49,37 @@ class WidthParams:
         return "t" + "".join(str(ratio) for _, ratio in self.expand_ratios)
 
 
-def expandable_stages(model: nn.Module) -> list[list[InvertedResidual]]:
+def expandable_stages(
+    model: nn.Module, example_inputs: torch.Tensor
+) -> list[list[InvertedResidualBlock]]:
     """Inverted residual blocks with an expansion layer, grouped into stages.
 
     A stage starts at a block without a residual connection (it changes the width or the
     resolution) or with another expand ratio, and runs over the residual blocks after it
-    (after rounding, a narrow model's first two stages can share a width); stages with no
-    expansion layer (expand ratio 1) are left out.
+    (after rounding, a narrow model's first two stages can share a width). Blocks without
+    an expansion layer (expand ratio 1) are not found at all.
     """
-    stages: list[list[InvertedResidual]] = []
-    for block in (m for m in model.modules() if isinstance(m, InvertedResidual)):
+    stages: list[list[InvertedResidualBlock]] = []
+    for block in inverted_residual_blocks(model, example_inputs):
+        ratio = block.expand_ratio(model)
         if (
             not stages
-            or not block.use_residual
-            or block.expand_ratio != stages[-1][0].expand_ratio
+            or not block.residual
+            or abs(ratio - stages[-1][0].expand_ratio(model)) > 1e-6
         ):
             stages.append([])
         stages[-1].append(block)
-    return [stage for stage in stages if stage[0].expand_ratio > 1]
+    return stages
 
 
 GRANULARITIES = ("stage", "block")
 
 
-def expandable_groups(model: nn.Module, per: str) -> list[list[InvertedResidual]]:
+def expandable_groups(
+    model: nn.Module, example_inputs: torch.Tensor, per: str
+) -> list[list[InvertedResidualBlock]]:
     """The blocks that share one expand ratio: whole stages, or each block alone."""
-    stages = expandable_stages(model)
+    stages = expandable_stages(model, example_inputs)
     if per == "block":
         return [[block] for stage in stages for block in stage]
     return stages
@@ -91,26 +98,28 @@ class ExpandRatio:
     def off_params(self, ctx: Context) -> Mapping[str, Any]:
         """Every group at the expand ratio the model was trained with."""
         per = _per(ctx)
-        groups = expandable_groups(ctx.base_model, per)
-        return {param_name(per, i): group[0].expand_ratio for i, group in enumerate(groups)}
+        model = ctx.base_model
+        groups = expandable_groups(model, ctx.task.example_inputs(1), per)
+        return {param_name(per, i): group[0].max_ratio(model) for i, group in enumerate(groups)}
 
     def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
         return None
 
     def applicability(self, ctx: Context) -> str | None:
         """Why the lever cannot apply to this model, or None when it can."""
-        if not expandable_stages(ctx.base_model):
+        if not expandable_stages(ctx.base_model, ctx.task.example_inputs(1)):
             return "no inverted residual blocks with an expansion layer"
         return None
 
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> WidthParams | None:
         per = _per(ctx)
-        groups = expandable_groups(ctx.base_model, per)
+        model = ctx.base_model
+        groups = expandable_groups(model, ctx.task.example_inputs(1), per)
         ratios = tuple(
-            (index, trial.suggest_int(param_name(per, index), 1, group[0].expand_ratio))
+            (index, trial.suggest_int(param_name(per, index), 1, group[0].max_ratio(model)))
             for index, group in enumerate(groups)
         )
-        if all(ratio == groups[index][0].expand_ratio for index, ratio in ratios):
+        if all(ratio >= groups[index][0].max_ratio(model) for index, ratio in ratios):
             return None  # no group narrowed: the lever is off
         return WidthParams(ratios, per)
 
@@ -137,26 +146,21 @@ def narrow_expansions(
     """A copy of ``model`` whose group ``i`` blocks keep ``ratios[i] x input`` hidden channels."""
     import torch_pruning as tp
 
+    groups = expandable_groups(model, example_inputs, per)  # by name: they hold in the copy
     narrowed = copy.deepcopy(model).eval()
     graph = tp.DependencyGraph().build_dependency(narrowed, example_inputs)
-    for index, group in enumerate(expandable_groups(narrowed, per)):
+    for index, group in enumerate(groups):
         ratio = ratios.get(index)
-        if ratio is None or ratio >= group[0].expand_ratio:
+        if ratio is None or ratio >= group[0].max_ratio(model):
             continue
         for block in group:
-            expand_conv = _expand_conv(block)
+            expand_conv = block.expand_conv(narrowed)
             keep = expand_conv.in_channels * ratio
+            if keep >= expand_conv.out_channels:
+                continue
             drop = _weakest_channels(expand_conv, expand_conv.out_channels - keep)
-            group = graph.get_pruning_group(expand_conv, tp.prune_conv_out_channels, idxs=drop)
-            group.prune()
-            block.expand_ratio = ratio
+            graph.get_pruning_group(expand_conv, tp.prune_conv_out_channels, idxs=drop).prune()
     return narrowed.eval()
-
-
-def _expand_conv(block: InvertedResidual) -> nn.Conv2d:
-    conv = block.expand[0]  # type: ignore[index]
-    assert isinstance(conv, nn.Conv2d)
-    return conv
 
 
 def _weakest_channels(conv: nn.Conv2d, count: int) -> Sequence[int]:

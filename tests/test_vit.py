@@ -13,8 +13,13 @@ from search.core.objective import count_macs_and_params
 from search.measure.onnx_runtime import export_onnx
 from search.measure.runtimes import evaluate
 from search.tasks.loader import load_task
-from search.tasks.vit import ViT, ViTConfig, linear_attention, softmax_attention
-from techniques.attention import attention_modules, swap_kernel
+from search.tasks.vit import ViT, ViTConfig
+from techniques.attention import (
+    attention_modules,
+    linear_attention,
+    softmax_attention,
+    swap_kernel,
+)
 from techniques.pruning import prune_channels
 
 SMALL = ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_hidden=64)

@@ -35,16 +35,21 @@ def net() -> nn.Module:
     return MobileNetV2(MobileNetV2Config(width_mult=0.5, last_channels=128)).eval()
 
 
+X1 = torch.zeros(1, 1, 32, 32)
+
+
 def test_stages_are_found_with_their_ratios(net) -> None:
-    stages = expandable_stages(net)
+    stages = expandable_stages(net, X1)
     assert [len(stage) for stage in stages] == [2, 3, 4, 3, 3, 1]  # t=1 stage excluded
-    assert {block.expand_ratio for stage in stages for block in stage} == {6}
+    assert {block.expand_ratio(net) for stage in stages for block in stage} == {6}
+    built_in = [n for n, m in net.named_modules() if getattr(m, "expand_ratio", 1) > 1]
+    assert [block.module for stage in stages for block in stage] == built_in
 
 
 def test_narrowing_gives_predicted_widths_macs_and_same_output_shape(net) -> None:
     x = torch.randn(2, 1, 32, 32)
     stage_index, new_ratio = 2, 3
-    stage = expandable_stages(net)[stage_index]
+    stage = [net.get_submodule(b.module) for b in expandable_stages(net, X1)[stage_index]]
     # Hidden width h enters three convs linearly: expand (c*h per pixel of the input map),
     # depthwise (9*h per output pixel) and project (h*o per output pixel).
     predicted_saving = 0
@@ -68,7 +73,8 @@ def test_narrowing_gives_predicted_widths_macs_and_same_output_shape(net) -> Non
     narrowed = narrow_expansions(net, x[:1], {stage_index: new_ratio})
     after = conv_and_linear_macs(narrowed, x[:1])
 
-    for block in expandable_stages(narrowed)[stage_index]:
+    for found in expandable_stages(narrowed, X1)[stage_index]:
+        block = narrowed.get_submodule(found.module)
         assert block.expand[0].out_channels == block.expand[0].in_channels * new_ratio
         assert block.depthwise[0].groups == block.depthwise[0].out_channels
         assert block.project[0].in_channels == block.expand[0].out_channels
@@ -78,11 +84,11 @@ def test_narrowing_gives_predicted_widths_macs_and_same_output_shape(net) -> Non
 
 def test_narrowing_keeps_the_strongest_channels_and_leaves_the_original(net) -> None:
     x = torch.randn(1, 1, 32, 32)
-    block = expandable_stages(net)[0][0]
+    block = net.get_submodule(expandable_stages(net, X1)[0][0].module)
     norms = block.expand[0].weight.detach().flatten(1).norm(dim=1)
     kept_norms = norms.sort(descending=True).values[: block.expand[0].in_channels * 2]
     narrowed = narrow_expansions(net, x, {0: 2})
-    new_block = expandable_stages(narrowed)[0][0]
+    new_block = narrowed.get_submodule(expandable_stages(narrowed, X1)[0][0].module)
     new_norms = new_block.expand[0].weight.detach().flatten(1).norm(dim=1)
     torch.testing.assert_close(new_norms.sort(descending=True).values, kept_norms)
     assert block.expand[0].out_channels == block.expand[0].in_channels * 6  # original intact
@@ -90,19 +96,19 @@ def test_narrowing_keeps_the_strongest_channels_and_leaves_the_original(net) -> 
 
 def test_a_model_without_inverted_residuals_has_no_stages() -> None:
     plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
-    assert expandable_stages(plain) == []
+    assert expandable_stages(plain, torch.zeros(1, 1, 8, 8)) == []
 
 
 def test_per_block_narrows_one_block_and_leaves_its_stage_mates(net) -> None:
     from techniques.width import expandable_groups
 
     x = torch.randn(1, 1, 32, 32)
-    blocks = expandable_groups(net, "block")
-    assert len(blocks) == sum(len(stage) for stage in expandable_stages(net))
+    blocks = expandable_groups(net, x, "block")
+    assert len(blocks) == sum(len(stage) for stage in expandable_stages(net, x))
     narrowed = narrow_expansions(net, x, {3: 2}, per="block")
-    hidden = [g[0].expand[0].out_channels for g in expandable_groups(narrowed, "block")]
-    expected = [g[0].expand[0].out_channels for g in blocks]
-    expected[3] = blocks[3][0].expand[0].in_channels * 2
+    hidden = [g[0].expand_conv(narrowed).out_channels for g in blocks]
+    expected = [g[0].expand_conv(net).out_channels for g in blocks]
+    expected[3] = blocks[3][0].expand_conv(net).in_channels * 2
     assert hidden == expected
     assert narrowed(x).shape == (1, 10)
 
