@@ -3,7 +3,7 @@
     python -m benchmarks.latency_stability [--runs 10] [--task digits] [--threads 1]
 
 Exports the task's trained baseline once, then starts a fresh Python process per run that
-times it with the search's own protocol (``search.latency.measure_latency``), and prints
+times it with the search's own protocol (``search.measure.latency.measure_latency``), and prints
 each p50, their mean, spread and coefficient of variation. Separate processes, because
 what varies between searches is the process (allocator state, thread placement), not the
 loop inside one.

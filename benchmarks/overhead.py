@@ -1,6 +1,6 @@
 """The share of a search's wall time spent outside the work itself.
 
-The work is fine-tuning, evaluation and latency measurement (``search.phases``). Every
+The work is fine-tuning, evaluation and latency measurement (``search.core.phases``). Every
 trial records its phases; its wall time is Optuna's start-to-complete. Two shares:
 
 * per trial: 1 - work / (complete - start), over completed trials, time-weighted;

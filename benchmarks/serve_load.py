@@ -1,6 +1,6 @@
 """Load test of `search serve`: throughput and p95 with dynamic batching off and on.
 
-The server is ``search.serve``'s app in a process of its own on a free 127.0.0.1 port
+The server is ``search.registry.serve``'s app in a process of its own on a free 127.0.0.1 port
 (loopback only); the clients are coroutines on one aiohttp session in this process, each
 sending its requests one after another, so the offered load is set by how many run at
 once. The

@@ -8,7 +8,7 @@ over tens of minutes, neither of which back-to-back rounds see. So each round he
 a fresh process and takes each model's ratio within the round; the suite runs half the
 rounds before its long search-efficiency part and half after, so the reported spread
 (min-max over rounds) covers both kinds of variation. Within a round the models are timed
-in turn, 20 ms of back-to-back calls each (``search.latency.interleaved_times``): on a
+in turn, 20 ms of back-to-back calls each (``search.measure.latency.interleaved_times``): on a
 machine whose speed changed in phases of seconds (2026-11-25), six rounds timing each
 model once, one after another, gave pruning alone 1.98x to 3.47x faster; timed in turn,
 2.02x to 2.23x, every model seeing the same phases.

@@ -2,9 +2,9 @@
 
 Run it with:
 
-    search run --task examples/my_task.py:make_task --latency-budget 0.05ms --trials 6
+    search run --task examples/my_task.py:make_task --latency-budget 0.5x --trials 6
 
-A task needs six things (see ``search.task.Task``): a ``name``, ``build_model()`` returning
+A task needs six things (see ``search.train.task.Task``): a ``name``, ``build_model()`` returning
 your trained model in eval mode, ``example_inputs(batch_size)``, ``data(split)`` returning
 a DataLoader of (inputs, targets) for "train", "val" and "test", ``metric(outputs,
 targets)`` (higher is better) and ``loss(outputs, targets)`` for recovery fine-tuning.

@@ -46,7 +46,7 @@ class Context:
         seed: for anything random inside a technique.
         options: the user's choices of how a lever is shaped (not searched), by their
             namespaced name, e.g. ``{"width.per": "block"}``; see each ``options``.
-        runtime: what runs the deployed model (``search.runtimes``): which number formats
+        runtime: what runs the deployed model (``search.measure.runtimes``): which number formats
             exist, and the artifact's file format, depend on it.
         draft: the artifact being made is a draft that will be timed and then replaced by
             the fine-tuned model's: work that only sets values (calibration) may be lighter.

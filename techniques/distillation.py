@@ -5,7 +5,7 @@ model is fine-tuned. Temperature and alpha are searched; alpha = 0 is plain fine
 on the task loss (the lever off). With distillation on, ``distill.feature_weight`` adds
 feature distillation at the end of each stage (the last block, or convolution, before the
 resolution drops), where student and teacher still see the same spatial grid; 0 is
-logits only. The losses live in ``search.training`` (``Distillation``, ``FeatureMatch``).
+logits only. The losses live in ``search.train.loop`` (``Distillation``, ``FeatureMatch``).
 
 The option ``distill.teacher`` picks who teaches: ``input`` (the default, the uncompressed
 model) or ``ema``, self-distillation from an exponential moving average of the student's

@@ -15,7 +15,7 @@ pruned by        lr 0.01        lr 0.02        lr 0.05
 A light change keeps the baseline's generalisation with a gentle rate and loses it to a
 hard one; a heavy one needs the hard rate to recover. Validation ranked the best rate
 first in both pruned rows. So the rate is searched among the task's recovery rate
-(``search.training.RECOVERY_LR``: 0.05 for SGD, 2e-3 for AdamW) and two gentler ones
+(``search.train.loop.RECOVERY_LR``: 0.05 for SGD, 2e-3 for AdamW) and two gentler ones
 (``LR_SHARES`` of it), sampled only where the trial fine-tunes.
 
 Off the search unless asked for (``--fix ft.searched=true``): off, every fine-tune uses

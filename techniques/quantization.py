@@ -8,7 +8,7 @@ see ``to_fp16_weights``);
 activation ranges calibrated on training data, per-tensor or per-channel weights);
 ``int8-qat`` (the same QDQ graph, but the recovery fine-tune ran through fake quantization
 first, see ``techniques.fake_quant``, so the weights are trained for their grid). Only
-schemes the runtime can run on the device are offered (``search.runtimes.formats``): on
+schemes the runtime can run on the device are offered (``search.measure.runtimes.formats``): on
 CUDA, ONNX Runtime has no kernel for the ConvInteger that int8-dynamic writes, so it would
 silently time the CPU; int8 exists only in ONNX Runtime.
 

@@ -5,8 +5,8 @@ Latency depends on how the file is run as well as on its weights. Two knobs are 
 * ``ort.level``: ``load`` (the file as exported; the session optimises it at every load,
   fully, as every other candidate is run) or ``basic`` / ``extended`` / ``all``: the graph
   optimised offline to that level and saved; the saved graph is the deployed file and is
-  loaded as it is (``search.runtime.with_session_settings``). Fusions change the file's
-  size and which kernels run: whether a level pays on the target is measured.
+  loaded as it is (``search.measure.onnx_runtime.with_session_settings``). Fusions change
+  the file's size and which kernels run: whether a level pays on the target is measured.
 * ``ort.threads``: the intra-op threads of the deployed session, powers of two up to the
   option ``ort.max_threads`` (and the target's ``--threads``); searched only where that
   allows more than ``--threads`` (``--fix ort.max_threads=4``). The file records the

@@ -11,7 +11,7 @@ by them in every forward), so pruned weights stay zero.
 
 Honest about what it buys: a dense runtime multiplies the zeros like any other number, so
 the file is the same size and runs no faster; the zeros only pay where the file is
-compressed (``search.oneshot`` reports the compressed size and the sparsity) or a sparse
+compressed (``search.core.oneshot`` reports the compressed size and the sparsity) or a sparse
 kernel runs it. For that reason the search leaves the lever out unless the option
 ``sparse.searched`` is true; ``search prune --unstructured`` sets it.
 """

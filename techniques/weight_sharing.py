@@ -10,7 +10,7 @@ file: the arithmetic, and so the latency, is the float model's.
 Honest about the size: ONNX has no packed sub-byte integer that every runtime gathers
 from, so an index takes a byte whatever ``bits`` is: the file is about 4x smaller than
 float32 at any ``bits`` up to 8, and what fewer bits buy shows in the compressed size
-(``search.compressibility``: gzip of the file), not in the file. No fine-tuning of the
+(``search.measure.compressibility``: gzip of the file), not in the file. No fine-tuning of the
 centroids: the clustering error is what the accuracy measures.
 
 Not combined with int8 (the quantizer would find no weight initializers to quantize), and

@@ -113,7 +113,7 @@ def test_the_measurement_lock_makes_a_second_process_wait(tmp_path) -> None:
         [
             sys.executable, "-c",
             "import sys, time; from pathlib import Path; "
-            "from search.latency import measurement_lock\n"
+            "from search.measure.latency import measurement_lock\n"
             f"with measurement_lock(Path({str(tmp_path)!r}), 'cpu'):\n"
             "    print('held', flush=True); time.sleep(1.5)",
         ],

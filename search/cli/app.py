@@ -547,7 +547,7 @@ def sensitivity_command(
     console.print(f"MLflow run {result.run_id} (experiment sensitivity) in {result.tracking_uri}")
 
 
-# One technique, once, through the search's own pipeline (search.cli_oneshot).
+# One technique, once, through the search's own pipeline (search.cli.oneshot).
 for _one_shot in (cli_oneshot.prune, cli_oneshot.quantize, cli_oneshot.lowrank,
                   cli_oneshot.distill, cli_oneshot.share, cli_oneshot.finetune):  # fmt: skip
     app.command(name=_one_shot.__name__)(_one_shot)

@@ -2,7 +2,7 @@
 settings; ``search finetune``: a search's trial rebuilt with a longer fine-tune.
 
 Each command turns its options into the technique's parameters (unset ones keep the
-lever's reference setting) and calls ``search.oneshot.run_one_shot``, which runs them
+lever's reference setting) and calls ``search.core.oneshot.run_one_shot``, which runs them
 through the search's own trial pipeline. Registered on the ``search`` app in
 ``search.cli``.
 """

@@ -1,4 +1,4 @@
-"""`search serve`: options -> ``ServeSettings`` -> uvicorn running ``search.serve``'s app.
+"""`search serve`: options -> ``ServeSettings`` -> uvicorn running ``search.registry.serve``'s app.
 
 Registered on the ``search`` app in ``search.cli``; no logic beyond parsing and printing.
 """

@@ -14,7 +14,7 @@ _LATENCY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|us|µs|s)\s*$")
 _RELATIVE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*x\s*$")
 DEVICES = ("cpu", "cuda")
 MAX_WORKERS = 64
-# The names of search.runtimes.RUNTIMES, here so that parsing a config imports no torch.
+# The names of search.measure.runtimes.RUNTIMES, here so that parsing a config imports no torch.
 RUNTIMES = ("onnxruntime", "torch", "torch-compile")
 # Optuna samplers a study can use: TPE (the default; learns from the trials so far) and
 # random search (the plain baseline a benchmark compares it with).
@@ -76,7 +76,7 @@ class SearchConfig:
             measured p50 that makes the budget; None for an absolute budget.
         device: where latency is measured: ``cpu`` or ``cuda``.
         runtime: what runs the deployed model: ``onnxruntime`` (default), ``torch`` (eager)
-            or ``torch-compile`` (``search.runtimes``).
+            or ``torch-compile`` (``search.measure.runtimes``).
         trials: new trials to run in this invocation (None: until ``timeout_s``).
         timeout_s: wall-clock limit of this invocation (None: until ``trials``).
         seed: seeds the sampler, data split and fine-tuning.
@@ -85,8 +85,8 @@ class SearchConfig:
         tracking_uri: MLflow tracking URI; None means SQLite under ``mlruns/``.
         threads: intra-op threads for latency measurement (recorded with every number).
         workers: processes on this machine running trials of the study at once
-            (``search.workers``); each fine-tunes with its share of the cores.
-        max_failures: stop after this many failed trials in a row (``search.recovery``).
+            (``search.core.workers``); each fine-tunes with its share of the cores.
+        max_failures: stop after this many failed trials in a row (``search.core.recovery``).
         heartbeat_s: how often a running trial tells the storage it is alive; a trial
             silent for four beats is failed and retried once by the next worker.
         batch_size: batch size for latency measurement.
@@ -102,7 +102,7 @@ class SearchConfig:
         latency_first: measure each candidate's architecture and number format before
             fine-tuning it, and stop a trial whose draft is over the budget.
         latency_anchor: time each candidate in turn with the baseline's file and scale
-            its figures by their ratio (``search.latency.measure_anchored``), so a shared
+            its figures by their ratio (``search.measure.latency.measure_anchored``), so a shared
             machine's slow phases cancel; off, each candidate is timed alone.
         anchor_p50_ms: the baseline file's p50 the anchored figures are scaled to, for
             studies that must share one scale (the benchmark's); None measures it when
@@ -113,9 +113,9 @@ class SearchConfig:
             still count as feasible, in the metric's units (0.01 = one point of accuracy).
         sensitivity: a ``sensitivity.json`` from ``search sensitivity``: each layer is
             pruned at most to the largest ratio it took alone within
-            ``sensitivity_tolerance`` points (``search.sensitivity.layer_caps``).
+            ``sensitivity_tolerance`` points (``search.core.sensitivity.layer_caps``).
         sensitivity_tolerance: accuracy points a layer may cost alone, before fine-tuning.
-        levers: levers switched off, parameters fixed, shape options (``search.levers``).
+        levers: levers switched off, parameters fixed, shape options (``search.core.levers``).
         home: folder that holds ``studies/`` and ``mlruns/`` by default.
     """
 

@@ -77,7 +77,7 @@ class TrialSettings:
     lock_dir: Path = Path("studies/locks")  # this machine's cross-process measurement locks
     space_names: tuple[str, ...] = ()  # every parameter name of the space, for the record
     options: Mapping[str, Any] = field(default_factory=dict)  # lever shape options
-    runtime: str = ONNXRUNTIME  # what runs the deployed file (search.runtimes)
+    runtime: str = ONNXRUNTIME  # what runs the deployed file (search.measure.runtimes)
     # threads for evaluation (accuracy only; latency uses ``threads``): this process's share
     eval_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     layer_caps: Mapping[str, float] = field(default_factory=dict)  # --use-sensitivity

@@ -2,7 +2,7 @@
 distill | share``, and ``search finetune`` (a search's trial rebuilt with a longer fine-tune).
 
 Not every job needs a search. A one-shot command is one trial of the search's own pipeline
-(``search.objective.TrialObjective``) with its parameters fixed rather than sampled, so
+(``search.core.objective.TrialObjective``) with its parameters fixed rather than sampled, so
 there is no second implementation of any technique:
 
     input model (the task's trained model) -> exported and measured: "before"
@@ -88,7 +88,7 @@ _HINTS = {
 COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"lowrank": {"lowrank.rank_ratio": 0.5}}
 FINETUNE = "finetune"  # the command that only rebuilds a trial, fine-tuned longer
 # Thirty epochs, three times the search's ten, as a final fine-tune usually is. Measured on
-# digits, it is no sure gain: the 13th benchmark run's three picks rebuilt with 30 read
+# digits, it is no sure gain: the picks of benchmarks/results/2026-12-02.md rebuilt with 30 read
 # 0.9806, 0.9806, 0.9667 on test against 0.9778, 0.9750, 0.9833 as found (one retraining
 # differs from the next by up to two points on the 360 test images).
 FINETUNE_EPOCHS = 30

@@ -1,7 +1,7 @@
 """The thin orchestration of one ``search run``: wire the parts together, in order.
 
 config -> task -> study (resume or create, baseline enqueued) -> MLflow parent run
--> study.optimize(TrialObjective), here or in N worker processes (search.workers)
+-> study.optimize(TrialObjective), here or in N worker processes (search.core.workers)
 -> Pareto front -> artifacts on the parent run
 """
 
@@ -90,7 +90,7 @@ def run_search(
     """Run (or continue) the study described by ``config`` and log it to MLflow.
 
     The baseline's deployed file lives in a scratch folder for the whole run: it is the
-    anchor every candidate is timed in turn with (``search.latency.measure_anchored``).
+    anchor every candidate is timed in turn with (``search.measure.latency.measure_anchored``).
     """
     with tempfile.TemporaryDirectory(prefix="search-base-") as scratch:
         return _run_search(config, task, on_trial, Path(scratch))

@@ -154,7 +154,7 @@ def open_study(
     so a resumed study does not replay the random start-up suggestions it already tried.
     On a new study ``first_trials`` (params, user attrs) are enqueued: the uncompressed
     baseline as trial 0, then single-lever references. ``fixed`` parameters are pinned
-    for the trials this invocation samples (``search.levers``). ``measured`` figures
+    for the trials this invocation samples (``search.core.levers``). ``measured`` figures
     (``STORED_FIGURES``) are kept by the study where it has none yet.
     """
     from search.core.recovery import StaleTrialHandler

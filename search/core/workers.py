@@ -7,9 +7,9 @@ workers on other machines would. What keeps them apart:
 * trials: Optuna hands each enqueued or new trial to exactly one worker through the
   storage; each worker's sampler has its own seed, so their random start-ups differ;
 * CPU: each worker's PyTorch gets ``cores // N`` threads for fine-tuning and evaluation;
-* latency: measured under the machine's per-device lock (``search.latency``), so two
+* latency: measured under the machine's per-device lock (``search.measure.latency``), so two
   workers never time each other;
-* the record: SQLite waits for a busy database (``search.study.make_storage``) instead of
+* the record: SQLite waits for a busy database (``search.core.study.make_storage``) instead of
   failing, and every trial writes its own MLflow run.
 
 The parent process prepared the study and the MLflow parent run before starting them, and
@@ -47,7 +47,7 @@ class WorkerJob:
     """What one worker process needs; picklable, sent to a spawned process."""
 
     config: SearchConfig
-    settings: Any  # search.objective.TrialSettings (imported lazily: torch)
+    settings: Any  # search.core.objective.TrialSettings (imported lazily: torch)
     study_name: str
     experiment_id: str
     parent_run_id: str
@@ -79,7 +79,7 @@ def optimize(
     callbacks: list[TrialCallback] | None = None,
 ) -> None:
     """``study.optimize`` as every worker calls it: a failing trial does not stop the study,
-    ``max_failures`` of them in a row do (``search.recovery``)."""
+    ``max_failures`` of them in a row do (``search.core.recovery``)."""
     from search.core.recovery import ConsecutiveFailures
 
     study.optimize(
@@ -98,10 +98,10 @@ def optimize(
 class TrialContext:
     """What the objective of every trial in one process is built from."""
 
-    task: Any  # search.task.Task
+    task: Any  # search.train.task.Task
     base_model: Any  # torch.nn.Module
-    settings: Any  # search.objective.TrialSettings
-    link: Any  # search.objective.RunLink
+    settings: Any  # search.core.objective.TrialSettings
+    link: Any  # search.core.objective.RunLink
 
 
 def run_trials(

@@ -55,7 +55,7 @@ class LatencyStats:
 
     ``p50_ci_ms`` is the half-width of the median's 95% confidence interval; ``first_ms``
     the first call alone (loading, allocation, compilation); ``peak_memory_mb`` what
-    loading and running the model added at peak (``search.memory``), None if unreadable.
+    loading and running the model added at peak (``search.measure.memory``), None if unreadable.
     """
 
     p50_ms: float
@@ -421,7 +421,7 @@ def measurement_lock(folder: Path, device: str) -> Iterator[None]:
 
     Parallel workers on one machine would otherwise time each other's contention: each
     waits for the other's measurement to end (fine-tuning and everything else still run
-    side by side). The lock is ``<folder>/latency-<device>.lock`` (``search.file_lock``).
+    side by side). The lock is ``<folder>/latency-<device>.lock`` (``search.common.file_lock``).
     """
     with held(folder / f"latency-{device}.lock"):
         yield

@@ -2,8 +2,8 @@
 
 The model is the ONNX file registered under ``models:/<name>@<alias>`` (``champion`` by
 default), run by ONNX Runtime exactly as it was measured: its recorded session settings
-are honoured (``search.runtime.onnxruntime_predictor``). FastAPI answers, uvicorn serves, bound to
-127.0.0.1 unless told otherwise.
+are honoured (``search.measure.onnx_runtime.onnxruntime_predictor``). FastAPI answers,
+uvicorn serves, bound to 127.0.0.1 unless told otherwise.
 
 * ``POST /predict`` with ``{"inputs": [...]}``: one item of the model's input shape, or a
   list of them; answers ``{"outputs", "predictions", "cached"}``. A body that is not that

@@ -1,6 +1,6 @@
 """Storage and tracking URLs: masking their passwords, and checking them before work starts.
 
-Kept apart from ``search.tracking`` so that checking a URL imports neither MLflow nor
+Kept apart from ``search.track.tracker`` so that checking a URL imports neither MLflow nor
 PyTorch: a command that fails on its options answers in a fraction of a second.
 """
 
