@@ -151,6 +151,8 @@ def _find_stage_ends(model: nn.Module, example_inputs: torch.Tensor) -> tuple[st
     blocks = [b.module or b.project for b in inverted_residual_blocks(model, example_inputs)]
     if not blocks:
         blocks = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not blocks:
+        return ()  # no convolution (an MLP, a transformer): nothing spatial to compare
     sizes: dict[str, tuple[int, ...]] = {}
     hooks = [
         model.get_submodule(name).register_forward_hook(

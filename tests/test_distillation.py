@@ -31,6 +31,12 @@ def test_a_plain_cnn_compares_its_last_convolution() -> None:
     assert stage_ends(plain, torch.randn(1, 1, 8, 8)) == ("1",)
 
 
+def test_a_model_without_convolutions_has_no_stage_ends() -> None:
+    """An MLP has nothing spatial to compare: feature distillation does not apply."""
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    assert stage_ends(mlp, torch.randn(1, 1, 8, 8)) == ()
+
+
 def test_the_feature_loss_is_zero_for_the_teacher_itself_and_adapters_bridge_pruning(
     tiny_task,
 ) -> None:

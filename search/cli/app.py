@@ -213,6 +213,7 @@ def run(
     make_storage(search_config.storage_url)
     check_tracking_uri(search_config.mlflow_uri)
     from search.cli.report import TrialProgress, print_result
+    from search.common.units import show_ms
     from search.core.runner import run_search
     from search.measure.runtimes import check_target
     from search.tasks.loader import load_task
@@ -224,7 +225,7 @@ def run(
     budget = (
         f"{factor:g}x the baseline's"
         if factor is not None
-        else f"{search_config.latency_budget_ms:g}ms"
+        else show_ms(search_config.latency_budget_ms)
     )
     console.print(
         f"search: task {search_config.task}, budget {budget} p50 on {search_config.device} "
@@ -235,7 +236,7 @@ def run(
     )
     with TrialProgress(console, total=search_config.trials) as progress:
         result = run_search(search_config, task=loaded, on_trial=progress)
-    print_result(console, result, result.latency_budget_ms)
+    print_result(console, result, tracking_uri=search_config.tracking_uri)
 
 
 @app.command()
@@ -387,8 +388,18 @@ def pareto_command(
     if json_output:
         print(json.dumps(front_as_dicts(rows), indent=2))
         return
+    from search.common.units import show_budget
+
     budget = loaded.user_attrs.get("latency_budget_ms")
-    title = f"Pareto front of {loaded.study_name}" + (f" (budget {budget:g} ms)" if budget else "")
+    title = f"Pareto front of {loaded.study_name}"
+    if budget:
+        attrs = loaded.user_attrs
+        shown = show_budget(
+            budget,
+            factor=attrs.get("latency_budget_factor"),
+            baseline_ms=attrs.get("anchor_p50_ms"),
+        )
+        title += f", budget {shown}"
     throughput = loaded.user_attrs.get("objective") == "throughput"
     table = front_table(rows, title, show_throughput=throughput)
     Console().print(table if rows else "no feasible trial yet")

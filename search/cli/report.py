@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from search.common.units import show_budget, show_ms
 
 if TYPE_CHECKING:
     import optuna
@@ -118,33 +121,41 @@ def front_table(
     return table
 
 
-def print_result(console: Console, result: SearchResult, budget_ms: float) -> None:
-    """The front with ratios against the baseline, or the nearest misses, and where to look."""
+def print_result(console: Console, result: SearchResult, *, tracking_uri: str | None) -> None:
+    """The front with ratios against the baseline, or the nearest misses, and where to look.
+
+    ``tracking_uri`` is the one the user gave (None: the default store under ``mlruns/``),
+    so the closing hint repeats it only when ``search ui`` needs it.
+    """
+    budget_ms = result.latency_budget_ms
     console.print(
-        f"\n{result.trials_run} trials run in study [bold]{result.study_name}[/bold]"
+        f"\n{result.trials_run} trials run in study [bold]{escape(result.study_name)}[/bold]"
         + (f", {result.trials_failed} failed" if result.trials_failed else "")
     )
     for lever, why in result.not_applicable.items():
         console.print(f"lever {lever}: not applicable to this model ({why}); left off")
     if result.baseline is not None:
         b = result.baseline
+        budget = show_budget(
+            budget_ms, factor=result.latency_budget_factor, baseline_ms=result.anchor_p50_ms
+        )
         console.print(
             f"baseline (trial {b.number}): accuracy {b.accuracy:.4f}, "
             f"p50 {b.latency_p50_ms:.3f} ms, {b.size_mb:.3f} MB, {b.macs / 1e6:.1f} M MACs; "
-            f"budget {budget_ms:g} ms"
+            f"budget {budget}"
         )
     if result.front:
         console.print(
             front_table(
                 result.front,
-                f"Pareto front: feasible trials within {budget_ms:g} ms",
+                f"Pareto front: feasible trials within {show_ms(budget_ms)}",
                 show_throughput=result.objective == "throughput",
             )
         )
     else:
         console.print(
-            f"[yellow]No trial met the {budget_ms:g} ms budget within the allowed accuracy drop "
-            "yet.[/yellow] The nearest ones:"
+            f"[yellow]No trial met the {show_ms(budget_ms)} budget within the allowed "
+            "accuracy drop yet.[/yellow] The nearest ones:"
         )
         console.print(front_table(result.nearest, "nearest trials", show_over_budget=True))
         console.print(
@@ -152,14 +163,29 @@ def print_result(console: Console, result: SearchResult, budget_ms: float) -> No
             "or stronger levers."
         )
     if result.stopped_by_failures:
-        console.print(f"[red]{result.stopped_by_failures}[/red]")
-    uri = result.tracking_uri
-    console.print(
-        f"\nBrowse it in MLflow: [bold]mlflow ui --backend-store-uri {uri}[/bold] "
-        f"(experiment {result.study_name!r}, parent run {result.parent_run_id})"
-        if uri.startswith("sqlite")
-        else f"\nBrowse it in MLflow at {uri} (experiment {result.study_name!r})"
-    )
+        console.print(f"[red]{escape(result.stopped_by_failures)}[/red]")
+    # unwrapped, so the command is copied whole from a narrow terminal
+    console.print(f"\n{browse_hint(result, tracking_uri=tracking_uri)}", soft_wrap=True)
+
+
+def browse_hint(result: SearchResult, *, tracking_uri: str | None) -> str:
+    """Where to see the runs: the project's own ``search ui`` for a store it can serve
+    (``mlflow`` itself is inside the virtual environment, often not on the PATH), or the
+    server's address when the runs are on a server already."""
+    from search.track.urls import redact_url
+
+    where = f"experiment {result.study_name!r}, parent run {result.parent_run_id}"
+    uri = redact_url(result.tracking_uri)
+    if uri.partition(":")[0] in SERVED_SCHEMES:
+        return escape(f"Browse it in MLflow at {uri} ({where})")
+    command = "search ui"
+    if tracking_uri is not None:  # the default store needs no flag
+        command += f" --tracking-uri {redact_url(tracking_uri)}"
+    return f"Browse it: [bold]{escape(command)}[/bold] (from this folder; {escape(where)})"
+
+
+# Tracking URIs whose runs are behind a web UI already: nothing for ``search ui`` to serve.
+SERVED_SCHEMES = ("http", "https", "databricks")
 
 
 def _ratio(value: float | None, *, fmt: str, scale: float = 1.0) -> str:
@@ -242,7 +268,6 @@ def print_profiles(console: Console, profiles: Sequence[Profile], *, compare: bo
 
 def print_status(console: Console, summary: dict) -> None:
     """``search status``: one study's progress as a two-column table."""
-    budget = summary["latency_budget_ms"]
     table = Table(
         title=f"Study {summary['study']}", box=box.SIMPLE_HEAD, title_justify="left",
         show_header=False,
@@ -253,7 +278,7 @@ def print_status(console: Console, summary: dict) -> None:
     rows = [
         ("task", str(summary["task"])),
         ("target", f"{summary['device']}, {summary['runtime']}"),
-        ("budget", f"{budget:g} ms p50" if budget is not None else "-"),
+        ("budget p50", _status_budget(summary)),
         ("trials", f"{summary['trials']} ({states or 'none'})"),
         ("feasible", str(summary["feasible"])),
         ("stopped before fine-tuning", str(summary["stopped_before_fine_tuning"])),
@@ -273,3 +298,11 @@ def print_status(console: Console, summary: dict) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def _status_budget(summary: dict) -> str:
+    budget = summary["latency_budget_ms"]
+    if budget is None:
+        return "-"
+    factor, baseline = summary.get("latency_budget_factor"), summary.get("anchor_p50_ms")
+    return show_budget(budget, factor=factor, baseline_ms=baseline)

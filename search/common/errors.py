@@ -19,3 +19,7 @@ class StudyError(SearchError):
 
 class TrackingError(SearchError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class ExportError(SearchError):
+    """The model cannot be written to the deployed format (an ONNX file)."""

@@ -57,7 +57,11 @@ def parse_latency_budget(text: str) -> tuple[float, float | None]:
 
 
 def format_ms(value_ms: float) -> str:
-    """A compact, unit-carrying spelling used in study names and messages."""
+    """The exact figure with its unit, for study names, MLflow params and mismatch messages.
+
+    Exact because a study is found again by its name; what is only read is rounded to
+    three significant figures by ``search.common.units.show_ms``.
+    """
     return f"{value_ms:g}ms"
 
 

@@ -79,6 +79,8 @@ class SearchResult:
     trials_failed: int
     tracking_uri: str
     latency_budget_ms: float  # as resolved (a relative budget becomes milliseconds)
+    latency_budget_factor: float | None = None  # a relative budget's factor (0.5 for 0.5x)
+    anchor_p50_ms: float | None = None  # the baseline's p50 of record, a relative budget's base
     objective: str = "latency"  # or throughput: the front shows items/s
     not_applicable: dict[str, str] = field(default_factory=dict)  # lever -> why
     stopped_by_failures: str | None = None  # why the run stopped early, if it did
@@ -416,5 +418,7 @@ def _summarise(
         trials_failed=failed,
         tracking_uri=config.mlflow_uri,
         latency_budget_ms=config.latency_budget_ms,
+        latency_budget_factor=config.latency_budget_factor,
+        anchor_p50_ms=study.user_attrs.get(ANCHOR_P50_KEY),
         objective=config.objective,
     )

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from search.measure.artifact import INPUT_NAME, OUTPUT_NAME, Artifact, Predictor
+from search.measure.export_errors import export_error, native_output_held
 
 OPSET = 17
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -28,21 +29,28 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> A
     The TorchScript-based exporter (``dynamo=False``) takes about 0.2 s here against about
     5 s for the dynamo exporter; candidates are exported once per trial, so the fast one is
     used. Its deprecation warning is expected and silenced.
+
+    Raises:
+        ExportError: one line naming what cannot be exported (a custom autograd Function
+            and the modules that call it) and how to make the model exportable.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example_inputs,),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-        )
+    try:
+        with native_output_held(), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example_inputs,),
+                str(path),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=OPSET,
+            )
+    except RuntimeError as error:  # the exporter's errors (OnnxExporterError is one)
+        raise export_error(model, example_inputs, error) from error
     return Artifact(path=path, scheme="fp32")
 
 

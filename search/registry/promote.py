@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 
 from search.common.errors import ConfigError
+from search.common.units import show_ms
 from search.core.profile import trial_target
 from search.measure.latency import (
     LatencyStats,
@@ -74,7 +75,7 @@ class PromotionCard:
             f"{self.validation_accuracy:.4f}",
             f"- latency p50 {latency['p50_ms']:.4f} ms, p95 {latency['p95_ms']:.4f} ms, "
             f"p99 {latency['p99_ms']:.4f} ms, std {latency['std_ms']:.4f} ms "
-            f"(budget {self.latency_budget_ms:g} ms); measured at promotion: {protocol}",
+            f"(budget {show_ms(self.latency_budget_ms)}); measured at promotion: {protocol}",
             f"- size {self.size_bytes / 1e6:.4f} MB"
             + (f", {self.macs / 1e6:.2f} M MACs (thop)" if self.macs else ""),
         ]
@@ -118,7 +119,7 @@ def choose_trial(study: optuna.Study, number: int | None) -> optuna.trial.Frozen
         best = nearest[0]
         raise ConfigError(
             f"study {study.study_name!r} has no feasible trial: the nearest, trial "
-            f"{best.number}, runs at p50 {best.values[1]:.4f} ms against the {budget:g} ms "
+            f"{best.number}, runs at p50 {best.values[1]:.4f} ms against the {show_ms(budget)} "
             f"budget with accuracy {best.values[0]:.4f}; run more trials or pass --trial N"
         )
     return min(feasible, key=lambda t: (-t.values[0], t.values[1]))
@@ -292,7 +293,7 @@ def _judge(
         return True, "forced"
     if p50 > budget:
         return False, (
-            f"not champion: re-measured p50 {p50:.4f} ms is over the {budget:g} ms budget"
+            f"not champion: re-measured p50 {p50:.4f} ms is over the {show_ms(budget)} budget"
         )
     current = _champion(client, name)
     if current is None:
@@ -307,7 +308,7 @@ def _judge(
     return True, (
         f"champion: test accuracy {card.test_accuracy:.4f} against the previous champion's "
         f"{current_accuracy:.4f} (version {current.version}), p50 {p50:.4f} ms within "
-        f"{budget:g} ms"
+        f"{show_ms(budget)}"
     )
 
 

@@ -30,6 +30,9 @@ def status(study: optuna.Study) -> dict[str, Any]:
         "device": study.user_attrs.get("device"),
         "runtime": study.user_attrs.get("runtime", "onnxruntime"),
         "latency_budget_ms": study.user_attrs.get("latency_budget_ms"),
+        # a relative budget: the factor, and the baseline's p50 it was taken of
+        "latency_budget_factor": study.user_attrs.get("latency_budget_factor"),
+        "anchor_p50_ms": study.user_attrs.get("anchor_p50_ms"),
         "trials": len(trials),
         "states": dict(sorted(states.items())),
         "feasible": len(feasible),
