@@ -9,7 +9,7 @@ side-by-side latency rounds -> search efficiency (three arms x seeds at a fixed 
 estimate -> overhead of every trial.
 
 Everything runs in a work folder of its own (``studies/`` and ``mlruns/`` inside it, so
-``mlflow ui --backend-store-uri sqlite:///<work>/mlruns/mlflow.db`` shows every trial);
+``search ui --tracking-uri sqlite:///<work>/mlruns/mlflow.db`` shows every trial);
 the trained baseline is copied from the working folder's cache when it is there.
 """
 

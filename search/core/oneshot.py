@@ -24,7 +24,6 @@ Without ``--latency-budget`` the budget is the input model's own p50, so the run
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -53,6 +52,7 @@ from search.core.space import (
     replay_plan,
     training_techniques,
 )
+from search.core.study import quiet_library_logs
 from search.measure.artifact import Artifact
 from search.measure.compressibility import compressed_bytes, weight_sparsity
 from search.measure.latency import (
@@ -237,7 +237,7 @@ def run_one_shot(
     check_target(config.runtime, config.device)
     task = task or load_task(config.task, cache_dir=config.cache_dir)
     config.studies_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    quiet_library_logs()
     chosen_options = tuple({**COMMAND_OPTIONS.get(command, {}), **(options or {})}.items())
     levers = LeverSettings(fixed=chosen_options)
     prepared = prepare_space(replace(config, levers=levers), task)
@@ -248,8 +248,6 @@ def run_one_shot(
     if replay is None:  # settings checked before anything is written
         one_shot_params(command, given, prepared.ctx, prepared.space)
         schedule_steps(command, schedule)
-    for noisy in ("mlflow", "alembic"):  # database set-up chatter on first use
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     model = prepared.ctx.base_model
     tracker = tracker_for(config)
     experiment_id = tracker.experiment_id(EXPERIMENT)

@@ -8,10 +8,8 @@ config -> task -> study (resume or create, baseline enqueued) -> MLflow parent r
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +31,7 @@ from search.core.levers import (
 from search.core.objective import RunLink, TrialSettings, deploy_baseline
 from search.core.recovery import failure_streak
 from search.core.space import explore_space, reference_trials
-from search.core.study import ANCHOR_P50_KEY, open_study, stored_figures
+from search.core.study import ANCHOR_P50_KEY, open_study, quiet_library_logs, stored_figures
 from search.core.workers import (
     TrialContext,
     WorkerJob,
@@ -105,12 +103,7 @@ def _run_search(
     task = task or load_task(config.task, cache_dir=config.cache_dir)
     config.studies_dir.mkdir(parents=True, exist_ok=True)
     config.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    # ERROR: a failed trial is reported by the progress line and in MLflow with its reason;
-    # Optuna would also print its traceback as a warning.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for noisy in ("mlflow", "alembic"):  # database set-up chatter on first use
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    quiet_library_logs()
 
     prepared = prepare_space(config, task)  # a bad model or --fix fails before any write
     ctx, notes, fixed = prepared.ctx, prepared.not_applicable, prepared.fixed

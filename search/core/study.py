@@ -20,7 +20,7 @@ from search.core.config import SearchConfig, format_ms
 from search.core.levers import fixing_sampler
 from search.measure.latency import COMPARABLE_FIELDS, hardware_fingerprint
 from search.track.trials import DIRECTIONS, OBJECTIVE_NAMES
-from search.track.urls import redact_url
+from search.track.urls import mask_password, redact_url
 
 TPE_STARTUP_TRIALS = 6
 # Recorded on a new study and checked on resume: a study mixing these would compare numbers
@@ -103,7 +103,7 @@ def make_storage(
                 break
             if attempt + 1 < OPEN_ATTEMPTS:
                 time.sleep(0.5 * (attempt + 1))
-    reason = _masked(f"{type(last).__name__}: {last}".splitlines()[0], url)
+    reason = mask_password(f"{type(last).__name__}: {last}".splitlines()[0], url)
     raise StudyError(f"--storage {redact_url(url)}: cannot open it: {reason}") from last
 
 
@@ -113,15 +113,20 @@ def _lost_a_setup_race(error: Exception) -> bool:
     return "already exists" in text or "unique constraint" in text
 
 
-def _masked(text: str, url: str) -> str:
-    """``text`` with the URL's password, if any, replaced."""
-    from urllib.parse import urlsplit
+def quiet_library_logs() -> None:
+    """Silence what Optuna and MLflow print on their own, for a command that reports itself.
 
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    return text.replace(password, "***") if password else text
+    A failed trial is reported by the progress line and in MLflow with its reason; Optuna
+    would also print its traceback as a warning. MLflow and alembic chatter while setting
+    up a database on first use.
+    """
+    import logging
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 # Figures measured when a study is created and kept by it: a relative budget resolved to

@@ -18,22 +18,26 @@ reports each finished trial as it appears in the storage.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from search.common import interrupt
 from search.common.errors import SearchError
 from search.core.config import SearchConfig
+
+if TYPE_CHECKING:  # imported lazily at run time: they import torch
+    from torch import nn
+
+    from search.core.objective import RunLink, TrialSettings
+    from search.train.task import Task
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 POLL_S = 1.0
@@ -47,7 +51,7 @@ class WorkerJob:
     """What one worker process needs; picklable, sent to a spawned process."""
 
     config: SearchConfig
-    settings: Any  # search.core.objective.TrialSettings (imported lazily: torch)
+    settings: TrialSettings
     study_name: str
     experiment_id: str
     parent_run_id: str
@@ -98,10 +102,10 @@ def optimize(
 class TrialContext:
     """What the objective of every trial in one process is built from."""
 
-    task: Any  # search.train.task.Task
-    base_model: Any  # torch.nn.Module
-    settings: Any  # search.core.objective.TrialSettings
-    link: Any  # search.core.objective.RunLink
+    task: Task
+    base_model: nn.Module
+    settings: TrialSettings
+    link: RunLink
 
 
 def run_trials(
@@ -176,18 +180,13 @@ def worker_main(job: WorkerJob) -> None:
     from search.core.levers import fixing_sampler
     from search.core.objective import RunLink
     from search.core.recovery import StaleTrialHandler
-    from search.core.study import make_sampler, make_storage
+    from search.core.study import make_sampler, make_storage, quiet_library_logs
     from search.tasks.loader import build_model, load_task
     from search.track.tracker import tracker_for
 
     interrupt.install()  # the terminal's Ctrl-C reaches every worker; none may lose it
     torch.set_num_threads(job.torch_threads)
-    # ERROR: a failed trial is reported by the progress line and in MLflow with its reason;
-    # Optuna would also print its traceback as a warning.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    quiet_library_logs()
     config = job.config
     task = load_task(config.task, cache_dir=config.cache_dir)
     base_model = build_model(task, config.task)

@@ -11,6 +11,15 @@ from urllib.parse import urlsplit, urlunsplit
 from search.common.errors import TrackingError
 
 
+def mask_password(text: str, url: str) -> str:
+    """``text`` (an error message that may quote ``url``) with the URL's password replaced."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced, so storage URLs can be logged safely."""
     parts = urlsplit(url)
