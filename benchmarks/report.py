@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.compare import chance_next_median_within
+from benchmarks.early_stop import render as render_rungs
 
 
 def results_stem(folder: Path, quick: bool, today: date | None = None) -> Path:
@@ -86,6 +87,11 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         "the trial `search promote` takes by default (the most accurate on validation, ties "
         "to the faster), which a user deploying by hand would get.",
         "",
+    ]
+    if "early_stop" in plan:  # runs from before 2026-12-04 searched without the rule
+        searches = {b: s["seeds"] for b, s in results["compression"].items()}
+        lines += render_rungs(searches, plan["early_stop"])
+    lines += [
         "## Search efficiency",
         "",
     ]

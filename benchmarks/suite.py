@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from benchmarks.early_stop import rung_counts
 from benchmarks.hypervolume import box_of, curve, feasible_points
 from benchmarks.overhead import overhead
 from benchmarks.roofline import floor_of, measure_peaks, onnx_bytes
@@ -53,7 +54,9 @@ Say = Callable[[str], None]
 ARMS: dict[str, dict[str, Any]] = {
     "default (TPE, references, latency first)": {
         "sampler": "tpe", "references": True, "latency_first": True},
-    "random, no latency first": {"sampler": "random", "references": False, "latency_first": False},
+    # plain Optuna: random search with every candidate fine-tuned to the end
+    "random, no latency first": {
+        "sampler": "random", "references": False, "latency_first": False, "early_stop": "off"},
     "ours, no latency first": {"sampler": "tpe", "references": True, "latency_first": False},
 }  # fmt: skip
 CURVE_POINTS = 21
@@ -89,6 +92,10 @@ class Plan:
     # lever settings for the searches (``--fix ft.searched=true``), as ``search run --fix``;
     # the single-lever references keep theirs alone
     fixed: tuple[tuple[str, Any], ...] = ()
+    # successive halving over fine-tuning epochs in the searches and in our arms
+    # (``search run --early-stop``): on, off, or shadow (records where it would stop, to
+    # count false stops); results files from before 2026-12-04 have no such key: off
+    early_stop: str = "on"
 
 
 def quick_plan(device: str, runtime: str) -> Plan:
@@ -124,6 +131,7 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
         latency_anchor=plan.anchored,
         anchor_p50_ms=base_ms,
         levers=LeverSettings(fixed=plan.fixed),
+        early_stop=plan.early_stop,
     )
     say(f"baseline p50 {base_ms:.4f} ms; budgets {', '.join(f'{b:g}x' for b in plan.budgets)}")
 
@@ -248,6 +256,7 @@ def _compression_entry(
         "trials": len(study.trials),
         "feasible": sum(is_feasible(t) for t in study.trials),
         "candidates": feasible_on_test(study, task, config, folder / study.study_name),
+        "rungs": rung_counts(study, config.finetune_epochs),
     }
     if best is None:
         entry["nearest"] = nearest_misses(study)

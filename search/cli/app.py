@@ -129,6 +129,25 @@ def run(
             "if it is over budget (default on).",
         ),
     ] = None,
+    early_stop: Annotated[
+        str | None,
+        typer.Option(
+            help="Successive halving over fine-tuning epochs: on (the default) stops a "
+            "candidate whose accuracy at a rung is hopeless; off; shadow records where it "
+            "would have stopped and never stops.",
+        ),
+    ] = None,
+    rungs: Annotated[
+        str | None,
+        typer.Option(help="Epochs after which a fine-tuning candidate is judged (default 2)."),
+    ] = None,
+    rung_margin: Annotated[
+        float | None,
+        typer.Option(
+            help="How far below the accuracy floor a candidate may read at a rung and go on "
+            "(default 0.05: five points).",
+        ),
+    ] = None,
     latency_anchor: Annotated[
         bool | None,
         typer.Option(
@@ -192,6 +211,9 @@ def run(
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
         "latency-first": latency_first,
+        "early-stop": early_stop,
+        "rungs": rungs,
+        "rung-margin": rung_margin,
         "latency-anchor": latency_anchor,
         "sampler": sampler,
         "references": references,

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from search.common.units import show_budget, show_ms
+from search.track.trials import BEFORE_FINE_TUNING, DEPLOYED, STOPPED_PREFIX
 
 if TYPE_CHECKING:
     import optuna
@@ -74,13 +75,15 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
         return str(name)
     accuracy, p50, size = trial.values
     reasons = []
-    untuned = trial.user_attrs.get("accuracy_kind", "deployed") != "deployed"
+    kind = str(trial.user_attrs.get("accuracy_kind", DEPLOYED))
+    untuned = kind == BEFORE_FINE_TUNING
+    stopped = kind.startswith(STOPPED_PREFIX)
     if trial.user_attrs.get("over_budget_ms", 0) > 0:
         reasons.append("over budget" + (": stopped before fine-tuning" if untuned else ""))
     if trial.user_attrs.get("below_accuracy_floor", 0) > 0 and not untuned:
-        reasons.append("below accuracy floor")
+        reasons.append("below accuracy floor" + (f": {kind}" if stopped else ""))
     feasible = " and ".join(reasons) or "feasible"
-    acc = f"acc {accuracy:.4f}" + (" (untuned)" if untuned else "")
+    acc = f"acc {accuracy:.4f}" + (" (untuned)" if untuned else " (eager)" if stopped else "")
     return f"{name}  {acc}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
 
 
@@ -282,6 +285,7 @@ def print_status(console: Console, summary: dict) -> None:
         ("trials", f"{summary['trials']} ({states or 'none'})"),
         ("feasible", str(summary["feasible"])),
         ("stopped before fine-tuning", str(summary["stopped_before_fine_tuning"])),
+        ("stopped at a rung", str(summary["stopped_early"])),
         ("Pareto front", f"{summary['front_size']} trials"),
     ]
     for label in ("baseline", "best_feasible"):

@@ -19,6 +19,7 @@ RUNTIMES = ("onnxruntime", "torch", "torch-compile")
 # Optuna samplers a study can use: TPE (the default; learns from the trials so far) and
 # random search (the plain baseline a benchmark compares it with).
 SAMPLERS = ("tpe", "random")
+EARLY_STOP_MODES = ("on", "off", "shadow")  # search.core.rungs
 
 
 def parse_latency_ms(text: str) -> float:
@@ -105,6 +106,12 @@ class SearchConfig:
             baseline (pruning 50%, int8 static, both); off, the baseline alone.
         latency_first: measure each candidate's architecture and number format before
             fine-tuning it, and stop a trial whose draft is over the budget.
+        early_stop: successive halving over the fine-tune's epochs (``search.core.rungs``):
+            ``on`` stops a candidate hopeless at a rung, ``off`` never does, ``shadow``
+            records where it would have stopped and never does (to measure the rule).
+        rungs: the epochs (from 1) after which a fine-tuning candidate is judged.
+        rung_margin: how far below the accuracy floor a candidate may read at a rung and
+            still go on, in the metric's units.
         latency_anchor: time each candidate in turn with the baseline's file and scale
             its figures by their ratio (``search.measure.latency.measure_anchored``), so a shared
             machine's slow phases cancel; off, each candidate is timed alone.
@@ -149,6 +156,12 @@ class SearchConfig:
     # the search the way they do as members of an accuracy-size-latency front.
     max_accuracy_drop: float = 0.01
     latency_first: bool = True
+    early_stop: str = "on"
+    # After two of the ten epochs: the cosine schedule has spent a tenth of its steps at
+    # near-peak rate, and a candidate that reads five points under the floor there
+    # (benchmarks/results/2026-12-04-rungs.md measures how often such a one recovered).
+    rungs: tuple[int, ...] = (2,)
+    rung_margin: float = 0.05
     latency_anchor: bool = True
     anchor_p50_ms: float | None = None
     sampler: str = "tpe"
@@ -201,6 +214,18 @@ class SearchConfig:
             raise ConfigError(
                 f"--max-accuracy-drop {self.max_accuracy_drop:g} must be a finite number >= 0, "
                 "e.g. 0.01 for one point of accuracy"
+            )
+        if self.early_stop not in EARLY_STOP_MODES:
+            raise ConfigError(
+                f"--early-stop {self.early_stop!r} is unknown: use on (stop hopeless "
+                "candidates at a rung), off, or shadow (record where it would stop)"
+            )
+        if not self.rungs or min(self.rungs) < 1:
+            raise ConfigError(f"--rungs {self.rungs}: give epochs from 1 up, e.g. --rungs 2,5")
+        if not 0 <= self.rung_margin < 1:
+            raise ConfigError(
+                f"--rung-margin {self.rung_margin:g} must be from 0 to below 1 (the metric's "
+                "units: 0.05 is five points of accuracy)"
             )
         if self.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs {self.finetune_epochs} must be 0 or more")

@@ -25,6 +25,7 @@ from typing import Any
 from search.common.errors import ConfigError
 from search.core.config import SearchConfig, parse_latency_budget
 from search.core.levers import LeverSettings
+from search.core.rungs import parse_rungs
 
 # long option name -> the Python types its value may have in TOML
 RUN_KEYS: dict[str, tuple[type, ...]] = {
@@ -47,6 +48,9 @@ RUN_KEYS: dict[str, tuple[type, ...]] = {
     "finetune-epochs": (int,),
     "max-accuracy-drop": (int, float),
     "latency-first": (bool,),
+    "early-stop": (str,),
+    "rungs": (str, int),
+    "rung-margin": (int, float),
     "latency-anchor": (bool,),
     "sampler": (str,),
     "references": (bool,),
@@ -76,6 +80,9 @@ _FIELDS = {
     "finetune-epochs": "finetune_epochs",
     "max-accuracy-drop": "max_accuracy_drop",
     "latency-first": "latency_first",
+    "early-stop": "early_stop",
+    "rungs": "rungs",
+    "rung-margin": "rung_margin",
     "latency-anchor": "latency_anchor",
     "sampler": "sampler",
     "references": "references",
@@ -173,6 +180,8 @@ def search_config_from(
     values = {_FIELDS[key]: value for key, value in merged.items()}
     budget_ms, factor = parse_latency_budget(str(merged["latency-budget"]))
     values["latency_budget_ms"], values["latency_budget_factor"] = budget_ms, factor
+    if "rungs" in merged:
+        values["rungs"] = parse_rungs(str(merged["rungs"]))
     if "timeout" in merged:
         values["timeout_s"] = float(merged["timeout"])
         values.setdefault("trials", None)

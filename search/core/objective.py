@@ -33,6 +33,7 @@ from torch import nn
 
 from search.core.escalation import escalate_reference
 from search.core.phases import PhaseClock
+from search.core.rungs import RungRule, judge, peer_readings
 from search.core.space import (
     artifact_techniques,
     every_parameter,
@@ -53,7 +54,16 @@ from search.measure.latency import (
 from search.measure.onnx_runtime import compact_names
 from search.measure.runtimes import ONNXRUNTIME, evaluate, export, formats, graph_signature
 from search.track.tracker import STUDY_TAG, TRIAL_TAG, Tracker
-from search.track.trials import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
+from search.track.trials import (
+    ACCURACY_CONSTRAINT_KEY,
+    BEFORE_FINE_TUNING,
+    CONSTRAINT_KEY,
+    DEPLOYED,
+    RUNG_ATTR,
+    STOPPED_ATTR,
+    WOULD_STOP_ATTR,
+    stopped_kind,
+)
 from search.train.loop import Recipe, fit, predict, recovery_lr
 from search.train.task import Task
 from techniques import Context
@@ -85,6 +95,16 @@ class TrialSettings:
     # every candidate timed in turn with the baseline's file (``measure_anchored``); None:
     # timed alone (``--no-latency-anchor``)
     anchor: Anchor | None = None
+    # successive halving over the fine-tune's epochs (``search.core.rungs``); None: off
+    rungs: RungRule | None = None
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A fine-tune that successive halving stopped at a rung."""
+
+    epoch: int  # counted from 1
+    accuracy: float  # the eager model's validation reading there
 
 
 @dataclass(frozen=True)
@@ -229,9 +249,14 @@ class TrialObjective:
             return self._record(trial, run_id, architecture, draft, latency, started)
         if self.settings.latency_first and latency.p50_ms > self.settings.latency_budget_ms:
             return self._record(
-                trial, run_id, architecture, draft, latency, started, kind="before fine-tuning"
+                trial, run_id, architecture, draft, latency, started, kind=BEFORE_FINE_TUNING
             )
-        model = self._fine_tuned(trial, plan, ctx, run_id, architecture, key)
+        model, stopped = self._fine_tuned(trial, plan, ctx, run_id, architecture, key)
+        if stopped is not None:  # hopeless at a rung: the draft has its graph, size, latency
+            return self._record(
+                trial, run_id, model, draft, latency, started,
+                kind=stopped_kind(stopped.epoch), accuracy=stopped.accuracy,
+            )  # fmt: skip
         final = self._deploy(model, plan, ctx, "final")
         latency = self._latency(trial, final, screen=False)
         return self._record(trial, run_id, model, final, latency, started)
@@ -289,12 +314,15 @@ class TrialObjective:
         latency: LatencyStats,
         started: float,
         *,
-        kind: str = "deployed",
+        kind: str = DEPLOYED,
+        accuracy: float | None = None,
     ) -> tuple[float, float, float]:
-        """Accuracy of ``artifact``, the constraints, user attrs and the MLflow run."""
+        """Accuracy of ``artifact`` (unless a stopped fine-tune's reading is given), the
+        constraints, user attrs and the MLflow run."""
         self.last_model = model
-        with self._clock.phase("evaluate"):
-            accuracy = self._accuracy(artifact)
+        if accuracy is None:
+            with self._clock.phase("evaluate"):
+                accuracy = self._accuracy(artifact)
         with self._clock.phase("count_macs"):
             # thop traces a forward pass (0.2 s here); the count depends only on the layers
             # and their shapes, which many trials share (one pruning, two number formats)
@@ -308,7 +336,7 @@ class TrialObjective:
         # A draft's accuracy before fine-tuning says nothing about the candidate's: it is not
         # held against it (the sampler ranks infeasible trials by their summed violations,
         # and the latency is what stopped this one).
-        judged = kind == "deployed"
+        judged = kind != BEFORE_FINE_TUNING
         trial.set_constraint(ACCURACY_CONSTRAINT_KEY, below_floor if judged else 0.0)
         feasible = over_budget_ms <= 0 and below_floor <= 0
         size_mb = artifact.size_bytes / 1e6
@@ -352,7 +380,8 @@ class TrialObjective:
                 "feasible": feasible,
                 "scheme": artifact.scheme,
                 "accuracy_kind": kind,
-                "stopped_before_fine_tuning": kind != "deployed",
+                "stopped_before_fine_tuning": kind == BEFORE_FINE_TUNING,
+                "stopped_early": kind.startswith("stopped at epoch"),
             },
         )
         self.link.tracker.log_artifact(run_id, artifact.path, folder="model")
@@ -378,20 +407,22 @@ class TrialObjective:
         run_id: str,
         architecture: nn.Module,
         key: str,
-    ) -> nn.Module:
-        """``architecture`` after recovery fine-tuning (distillation, LoRA, QAT as planned).
+    ) -> tuple[nn.Module, Stopped | None]:
+        """``architecture`` after recovery fine-tuning (distillation, LoRA, QAT as planned),
+        and where successive halving stopped it, if it did.
 
         Trials that share their model- and training-stage parameters (say, the same pruning
         with another quantization scheme) share the fine-tuned model: it is trained once
         per run and kept for the next ``MODEL_CACHE_SIZE`` distinct keys. The seed comes
-        from those parameters, so the same key gets the same weights.
+        from those parameters, so the same key gets the same weights. A stopped fine-tune
+        is not kept: its model is not the fully trained one.
         """
         cached = self._models.get(key)
         if cached is not None:
             number, model = cached
             self._models.move_to_end(key)
             trial.set_user_attr("finetuned_in_trial", number)
-            return model
+            return model, None
         model = copy.deepcopy(architecture) if architecture is self.base_model else architecture
         optimizer = str(getattr(self.task, "optimizer", "sgd"))
         lr = recovery_lr(optimizer)  # unless the ft lever sets another (techniques/finetune_lr.py)
@@ -406,11 +437,12 @@ class TrialObjective:
         # where that lever is searched; this metric is recorded in every fine-tuned trial
         self.link.tracker.log(run_id, metrics={"finetune_lr": recipe.lr})
         with self._clock.phase("fine_tune"):
-            model = self._fine_tune(model, recipe, run_id)
-        self._models[key] = (trial.number, model)
-        while len(self._models) > MODEL_CACHE_SIZE:
-            self._models.popitem(last=False)
-        return model
+            model, stopped = self._fine_tune(trial, model, recipe, run_id)
+        if stopped is None:
+            self._models[key] = (trial.number, model)
+            while len(self._models) > MODEL_CACHE_SIZE:
+                self._models.popitem(last=False)
+        return model, stopped
 
     def _reuse(
         self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str
@@ -441,23 +473,27 @@ class TrialObjective:
         accuracy, latency_p50_ms, size_mb = original.values
         return accuracy, latency_p50_ms, size_mb
 
-    def _fine_tune(self, model: nn.Module, recipe: Recipe, run_id: str) -> nn.Module:
+    def _fine_tune(
+        self, trial: optuna.Trial, model: nn.Module, recipe: Recipe, run_id: str
+    ) -> tuple[nn.Module, Stopped | None]:
         val = self.task.data("val")
+        stopped: list[Stopped] = []
 
-        def log_epoch(epoch: int, mean_loss: float) -> None:
+        def log_epoch(epoch: int, mean_loss: float) -> bool:
             outputs, targets = predict(model, val)
             model.train()
+            # Eager PyTorch, before export: a curve, and the reading a rung judges; never
+            # the reported accuracy of a candidate that finishes.
+            accuracy = self.task.metric(outputs.numpy(), targets.numpy())
             self.link.tracker.log(
                 run_id,
-                metrics={
-                    "finetune_loss": mean_loss,
-                    # Eager PyTorch, before export: a curve, not the reported accuracy.
-                    "finetune_val_accuracy_eager": self.task.metric(
-                        outputs.numpy(), targets.numpy()
-                    ),
-                },
+                metrics={"finetune_loss": mean_loss, "finetune_val_accuracy_eager": accuracy},
                 step=epoch,
             )
+            verdict = self._at_rung(trial, epoch + 1, recipe.epochs, accuracy, run_id)
+            if verdict:
+                stopped.append(Stopped(epoch + 1, accuracy))
+            return verdict
 
         for step in recipe.prepare:
             model = step(model)
@@ -474,7 +510,38 @@ class TrialObjective:
         )
         for step in recipe.finish:
             model = step(model)
-        return model.eval()
+        return model.eval(), (stopped[0] if stopped else None)
+
+    def _at_rung(
+        self, trial: optuna.Trial, epoch: int, epochs: int, accuracy: float, run_id: str
+    ) -> bool:
+        """Whether successive halving stops this fine-tune after ``epoch`` (from 1).
+
+        The reading is recorded on the trial first, so the other candidates (in this
+        process or another worker) are ranked against it. References never stop.
+        """
+        rule = self.settings.rungs
+        if rule is None or not rule.judges(epoch, epochs):
+            return False
+        readings = {**(trial.user_attrs.get(RUNG_ATTR) or {}), str(epoch): accuracy}
+        trial.set_user_attr(RUNG_ATTR, readings)
+        if any(k in trial.user_attrs for k in ("baseline", *REFERENCE_TAGS)):
+            return False
+        peers = peer_readings(trial.study.get_trials(deepcopy=False), epoch, exclude=trial.number)
+        verdict = judge(rule, accuracy=accuracy, floor=self.settings.accuracy_floor, peers=peers)
+        if not verdict.stop:
+            return False
+        if rule.shadow:
+            if WOULD_STOP_ATTR not in trial.user_attrs:
+                trial.set_user_attr(WOULD_STOP_ATTR, epoch)
+                self.link.tracker.log(run_id, metrics={WOULD_STOP_ATTR: epoch})
+            return False
+        trial.set_user_attr(STOPPED_ATTR, epoch)
+        trial.set_user_attr("stop_reason", verdict.reason)
+        self.link.tracker.log(
+            run_id, metrics={STOPPED_ATTR: epoch}, tags={"stop_reason": verdict.reason[:5000]}
+        )
+        return True
 
 
 def deploy_baseline(

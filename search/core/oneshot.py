@@ -65,7 +65,7 @@ from search.measure.latency import (
 from search.measure.runtimes import check_target, evaluate
 from search.tasks.loader import load_task
 from search.track.tracker import Tracker, tracker_for
-from search.track.trials import DIRECTIONS
+from search.track.trials import BEFORE_FINE_TUNING, DEPLOYED, DIRECTIONS
 from search.train.task import Task
 from techniques import TECHNIQUES, Context
 
@@ -264,6 +264,7 @@ def run_one_shot(
             budget_ms=budget_ms,
             accuracy_floor=before.accuracy - config.max_accuracy_drop,
             latency_first=False,  # nothing to screen: the user asked for this model
+            early_stop=False,  # nor to stop
             # the result timed in turn with the input file, scaled to its p50: "x faster"
             # is then their ratio in the same phases, not two moments of a busy machine
             anchor=Anchor(base_artifact, before.p50_ms) if config.latency_anchor else None,
@@ -361,10 +362,11 @@ def _recorded_trial(ref: TrialRef) -> optuna.trial.FrozenTrial:
     trial = trials.get(ref.number)
     if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
         raise ConfigError(f"--trial {ref.number}: study {ref.study!r} has no completed trial")
-    if trial.user_attrs.get("accuracy_kind", "deployed") != "deployed":
+    kind = trial.user_attrs.get("accuracy_kind", DEPLOYED)
+    if kind != DEPLOYED:
+        why = "over the budget" if kind == BEFORE_FINE_TUNING else "hopeless at that rung"
         raise ConfigError(
-            f"--trial {ref.number}: it stopped before fine-tuning (over the budget), so "
-            "there is no model to start from"
+            f"--trial {ref.number}: it {kind} ({why}), so there is no model to start from"
         )
     source = trial.user_attrs.get("duplicate_of")  # same parameters; the model is there
     return trials[int(source)] if source is not None and int(source) in trials else trial

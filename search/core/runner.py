@@ -30,6 +30,7 @@ from search.core.levers import (
 )
 from search.core.objective import RunLink, TrialSettings, deploy_baseline
 from search.core.recovery import failure_streak
+from search.core.rungs import RungRule
 from search.core.space import explore_space, reference_trials
 from search.core.study import ANCHOR_P50_KEY, open_study, quiet_library_logs, stored_figures
 from search.core.workers import (
@@ -244,9 +245,14 @@ def trial_settings(
     budget_ms: float,
     accuracy_floor: float,
     latency_first: bool | None = None,
+    early_stop: bool = True,
     anchor: Anchor | None = None,
 ) -> TrialSettings:
-    """What every trial of this invocation needs to know, from the config and the space."""
+    """What every trial of this invocation needs to know, from the config and the space.
+
+    ``early_stop=False`` keeps successive halving off whatever the config says (a one-shot
+    command makes the model the user asked for).
+    """
     return TrialSettings(
         latency_budget_ms=budget_ms,
         accuracy_floor=accuracy_floor,
@@ -263,6 +269,16 @@ def trial_settings(
         layer_caps=prepared.ctx.layer_caps,
         fixed_names=frozenset(prepared.fixed),
         anchor=anchor,
+        rungs=rung_rule(config) if early_stop else None,
+    )
+
+
+def rung_rule(config: SearchConfig) -> RungRule | None:
+    """Successive halving as the config asks for it; None when off."""
+    if config.early_stop == "off":
+        return None
+    return RungRule(
+        epochs=config.rungs, margin=config.rung_margin, shadow=config.early_stop == "shadow"
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from search.track.pareto import FrontRow, pareto_front, to_rows
-from search.track.trials import baseline_trial, is_feasible
+from search.track.trials import BEFORE_FINE_TUNING, STOPPED_ATTR, baseline_trial, is_feasible
 
 
 def status(study: optuna.Study) -> dict[str, Any]:
@@ -37,8 +37,10 @@ def status(study: optuna.Study) -> dict[str, Any]:
         "states": dict(sorted(states.items())),
         "feasible": len(feasible),
         "stopped_before_fine_tuning": sum(
-            t.user_attrs.get("accuracy_kind") == "before fine-tuning" for t in complete
+            t.user_attrs.get("accuracy_kind") == BEFORE_FINE_TUNING for t in complete
         ),
+        # successive halving: fine-tunes stopped at a rung as hopeless (search.core.rungs)
+        "stopped_early": sum(STOPPED_ATTR in t.user_attrs for t in complete),
         "front_size": len(pareto_front(study)),
         "baseline": None if base is None else _figures(base),
         "best_feasible": None if best is None else _figures(best),

@@ -15,7 +15,12 @@ from pathlib import Path
 import optuna
 
 from search.common.units import show_ms
-from search.track.trials import OBJECTIVE_NAMES, baseline_trial, is_feasible
+from search.track.trials import (
+    BEFORE_FINE_TUNING,
+    OBJECTIVE_NAMES,
+    baseline_trial,
+    is_feasible,
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,17 @@ def nearest_trials(study: optuna.Study, count: int = 5) -> list[optuna.trial.Fro
 
 
 def _judged(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the trial's accuracy is of its deployed model (not of a draft before tuning)."""
-    return trial.user_attrs.get("accuracy_kind", "deployed") == "deployed"
+    """Whether the trial's accuracy counts against it: that of its deployed model, or the
+    reading a fine-tune was stopped at for it (not a draft's, before any tuning)."""
+    return trial.user_attrs.get("accuracy_kind", "deployed") != BEFORE_FINE_TUNING
+
+
+def _kind_label(trial: optuna.trial.FrozenTrial) -> str:
+    """What the trial's accuracy is of, where it is not its deployed file's."""
+    kind = str(trial.user_attrs.get("accuracy_kind", "deployed"))
+    if kind == "deployed":
+        return ""
+    return " (untuned)" if kind == BEFORE_FINE_TUNING else f" ({kind})"
 
 
 def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> list[FrontRow]:
@@ -74,7 +88,7 @@ def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> 
             FrontRow(
                 number=trial.number,
                 name=str(trial.user_attrs.get("run_name", f"t{trial.number:03d}"))
-                + ("" if _judged(trial) else " (untuned)"),
+                + _kind_label(trial),
                 accuracy=accuracy,
                 latency_p50_ms=p50,
                 latency_p95_ms=float(trial.user_attrs.get("latency_p95_ms", float("nan"))),

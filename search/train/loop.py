@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from search.common.interrupt import raise_if_interrupted
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-EpochCallback = Callable[[int, float], None]
+# called after each epoch with (epoch from 0, mean loss); returning True stops the training
+EpochCallback = Callable[[int, float], bool | None]
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,10 @@ def fit(
         optimizer: ``sgd`` (CNNs) or ``adamw`` (weight decay 0.05, for transformers, which
             SGD trains poorly from scratch).
         distillation: when given, the hard ``loss_fn`` is blended with soft targets.
-        on_epoch: called with ``(epoch, mean_loss)`` after each epoch, for curves.
+        on_epoch: called with ``(epoch, mean_loss)`` after each epoch, for curves; when
+            it returns True the training stops there (the learning rate having followed
+            the schedule planned for all ``epochs``), as successive halving stops a
+            hopeless candidate (``search.core.rungs``).
         device: where to train; on ``cuda`` the forward passes run in bf16 autocast
             (mixed precision; weights and optimizer state stay float32) and the model
             comes back to the CPU, where it is exported.
@@ -246,8 +250,8 @@ def fit(
                     _move_average(teacher, model, distillation.ema_decay, step)
                 total += loss.item() * len(targets)
                 count += len(targets)
-            if on_epoch is not None:
-                on_epoch(epoch, total / max(count, 1))
+            if on_epoch is not None and on_epoch(epoch, total / max(count, 1)):
+                break
     finally:
         if features is not None:
             features.remove()

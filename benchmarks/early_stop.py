@@ -1,0 +1,87 @@
+"""What successive halving did in one search: stops, and in shadow mode its false stops.
+
+In shadow mode (``--early-stop shadow``) the rule judges every fine-tune at its rungs and
+records where it would have stopped, but every candidate finishes: a would-stop candidate
+that ends feasible is a false stop, and the fine-tuning after its rung is the time the
+rule would have saved. With the rule on, the stopped trials are counted and the time
+their fine-tunes did not spend is estimated the same way (the schedule's remaining share).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+
+from search.track.trials import RUNG_ATTR, STOPPED_ATTR, WOULD_STOP_ATTR, is_feasible
+
+
+def rung_counts(study: optuna.Study, epochs: int) -> dict[str, Any]:
+    """Counts for one search whose fine-tunes are ``epochs`` long."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    judged = [t for t in done if t.user_attrs.get(RUNG_ATTR)]
+    stopped = [t for t in done if STOPPED_ATTR in t.user_attrs]
+    would = [t for t in done if WOULD_STOP_ATTR in t.user_attrs]
+    false_stops = [t.number for t in would if is_feasible(t)]
+    return {
+        "judged": len(judged),
+        "stopped": len(stopped),
+        "would_stop": len(would),
+        "false_stops": false_stops,
+        # fine-tuning a stopped candidate did not spend, and a would-stop one would not have
+        "seconds_saved": sum(_saved(t, STOPPED_ATTR, epochs) for t in stopped)
+        + sum(_saved(t, WOULD_STOP_ATTR, epochs) for t in would),
+        "fine_tune_seconds": sum(
+            float((t.user_attrs.get("phase_seconds") or {}).get("fine_tune", 0.0)) for t in done
+        ),
+    }
+
+
+def _saved(trial: optuna.trial.FrozenTrial, key: str, epochs: int) -> float:
+    """The fine-tune seconds after the rung: for a stopped trial, what the epochs it ran
+    took, scaled to the rest; for a would-stop one, the remaining share of what it took."""
+    rung = int(trial.user_attrs[key])
+    spent = float((trial.user_attrs.get("phase_seconds") or {}).get("fine_tune", 0.0))
+    if key == STOPPED_ATTR:
+        return spent * (epochs - rung) / rung
+    return spent * (epochs - rung) / epochs
+
+
+def render(searches: dict[str, Sequence[dict[str, Any]]], mode: str) -> list[str]:
+    """The report's section: one row per budget and seed."""
+    lines = [
+        "## Successive halving",
+        "",
+        f"`--early-stop {mode}`"
+        + (
+            ": every candidate finished; the rule recorded where it would have stopped, and "
+            "a would-stop candidate that ended feasible is a false stop."
+            if mode == "shadow"
+            else ": candidates hopeless at a rung stopped there (seconds saved estimated "
+            "from the epochs they ran)."
+        ),
+        "",
+        "| budget | seed | judged at a rung | stopped | would stop | false stops | fine-tune s "
+        "| saved s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for budget, runs in searches.items():
+        for run in runs:
+            counts = run.get("rungs")
+            if counts is None:
+                continue
+            false = counts["false_stops"]
+            lines.append(
+                f"| {budget} | {run['seed']} | {counts['judged']} | {counts['stopped']} "
+                f"| {counts['would_stop']} | {len(false)}"
+                + (f" (trials {', '.join(map(str, false))})" if false else "")
+                + f" | {counts['fine_tune_seconds']:.0f} | {counts['seconds_saved']:.0f} |"
+            )
+    would = sum(r["rungs"]["would_stop"] for rs in searches.values() for r in rs if "rungs" in r)
+    false = sum(
+        len(r["rungs"]["false_stops"]) for rs in searches.values() for r in rs if "rungs" in r
+    )
+    if mode == "shadow" and would:
+        lines += ["", f"False-stop rate: {false} of {would} ({100 * false / would:.0f}%)."]
+    return [*lines, ""]

@@ -1,0 +1,110 @@
+"""Successive halving over fine-tuning epochs: stop a hopeless candidate at a rung.
+
+Latency-first stops candidates too slow for the budget before any fine-tuning; this
+stops candidates fast enough but hopeless in accuracy after the first epochs of it
+instead of all of them. At each rung (an epoch of the planned schedule; the learning
+rate still follows the schedule planned for the full length, so a candidate that goes on
+trains exactly as it would have without the rule) the candidate's validation accuracy of
+the eager model, which the fine-tune computes for its curve anyway, is judged:
+
+* within ``margin`` of the accuracy floor: it goes on (a candidate that can still make
+  the floor is never stopped for ranking low);
+* otherwise, in the top ``keep_fraction`` of the study's candidates at that rung (ASHA's
+  rule, Li et al. 2020: with ``n`` candidates at the rung, the best ``floor(n *
+  keep_fraction)`` go on): it goes on;
+* otherwise it stops, and the trial completes with that rung accuracy, labelled as such.
+
+Optuna's own ``SuccessiveHalvingPruner`` is not available to multi-objective studies,
+and its pruned trials leave the sampler nothing; a stopped trial here is a complete,
+infeasible trial the sampler learns from. Reference trials are never stopped. In
+``shadow`` mode the rule only records where it would have stopped: one search then
+measures the rule's false stops (would-stop candidates that ended feasible).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from search.common.errors import ConfigError
+from search.track.trials import RUNG_ATTR
+
+
+@dataclass(frozen=True)
+class RungRule:
+    """When and how candidates are judged during their fine-tune.
+
+    Attributes:
+        epochs: the rungs, as epochs of the schedule counted from 1, after which a
+            candidate is judged; rungs at or past the schedule's last epoch are ignored.
+        margin: how far below the accuracy floor, in the metric's units, a candidate
+            may read at a rung and still go on. Early readings are lower than final ones
+            (two epochs of ten on the cosine schedule); the margin is that allowance.
+        keep_fraction: ASHA's 1/eta: the share of candidates at a rung that go on by
+            rank whatever their reading.
+        shadow: judge and record, never stop.
+    """
+
+    epochs: tuple[int, ...] = (2,)
+    margin: float = 0.05
+    keep_fraction: float = 1 / 3
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.epochs or any(e < 1 for e in self.epochs):
+            raise ConfigError(f"--rungs {self.epochs}: give epochs from 1 up, e.g. --rungs 2,5")
+        if not 0 <= self.margin < 1:
+            raise ConfigError(f"--rung-margin {self.margin:g} must be from 0 to below 1")
+        if not 0 <= self.keep_fraction < 1:
+            raise ConfigError(f"rung keep fraction {self.keep_fraction:g} must be from 0 to 1")
+
+    def judges(self, epoch: int, total_epochs: int) -> bool:
+        """Whether the candidate is judged after ``epoch`` (from 1) of ``total_epochs``."""
+        return epoch in self.epochs and epoch < total_epochs
+
+
+@dataclass(frozen=True)
+class RungVerdict:
+    stop: bool
+    reason: str  # why it goes on or stops, for the trial's record
+
+
+def judge(rule: RungRule, *, accuracy: float, floor: float, peers: Sequence[float]) -> RungVerdict:
+    """Whether a candidate reading ``accuracy`` at a rung stops, among ``peers`` (the other
+    candidates' readings at the same rung, this one's excluded)."""
+    if accuracy >= floor - rule.margin:
+        return RungVerdict(False, f"{accuracy:.4f} within {rule.margin:g} of the floor")
+    ranked = sorted([*peers, accuracy], reverse=True)
+    kept = math.floor(len(ranked) * rule.keep_fraction)
+    if kept > 0 and accuracy >= ranked[kept - 1]:
+        return RungVerdict(False, f"{accuracy:.4f} in the top {kept} of {len(ranked)} at the rung")
+    return RungVerdict(
+        True,
+        f"{accuracy:.4f} is more than {rule.margin:g} below the floor {floor:.4f} and not in "
+        f"the top {kept} of {len(ranked)} at the rung",
+    )
+
+
+def peer_readings(trials: Iterable[Any], epoch: int, *, exclude: int | None = None) -> list[float]:
+    """The readings at rung ``epoch`` of ``trials`` (Optuna trials, any state)."""
+    readings = []
+    for trial in trials:
+        if trial.number == exclude:
+            continue
+        rungs: Mapping[str, float] = trial.user_attrs.get(RUNG_ATTR) or {}
+        if str(epoch) in rungs:
+            readings.append(float(rungs[str(epoch)]))
+    return readings
+
+
+def parse_rungs(text: str) -> tuple[int, ...]:
+    """``"2,5"`` -> ``(2, 5)``; a clear error for anything else."""
+    try:
+        epochs = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise ConfigError(f"--rungs {text!r}: give epochs as integers, e.g. --rungs 2,5") from None
+    if not epochs or epochs[0] < 1:
+        raise ConfigError(f"--rungs {text!r}: give epochs from 1 up, e.g. --rungs 2,5")
+    return epochs

@@ -1,0 +1,167 @@
+"""Successive halving over fine-tuning epochs: the rule, its place in a trial, its record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from search.common.errors import ConfigError
+from search.core.config import SearchConfig
+from search.core.config_file import ConfigFile, search_config_from
+from search.core.levers import LeverSettings
+from search.core.objective import RunLink, TrialObjective, TrialSettings
+from search.core.rungs import RungRule, judge, parse_rungs, peer_readings
+from search.core.runner import run_search
+from search.track.tracker import Tracker
+from search.track.trials import RUNG_ATTR, STOPPED_ATTR, WOULD_STOP_ATTR, is_feasible
+
+FLOOR = 0.9
+RULE = RungRule(epochs=(2,), margin=0.05, keep_fraction=1 / 3)
+
+
+def test_a_candidate_clearly_below_the_floor_stops_and_one_near_it_goes_on() -> None:
+    peers = [0.95, 0.93, 0.97]
+    assert judge(RULE, accuracy=0.40, floor=FLOOR, peers=peers).stop
+    assert not judge(RULE, accuracy=0.86, floor=FLOOR, peers=peers).stop  # within the margin
+    assert not judge(RULE, accuracy=0.95, floor=FLOOR, peers=peers).stop
+    assert judge(RULE, accuracy=0.849, floor=FLOOR, peers=peers).stop  # just past the margin
+
+
+def test_the_top_fraction_at_a_rung_goes_on_whatever_its_reading() -> None:
+    """ASHA: of six candidates at the rung the best two go on, even all below the floor."""
+    peers = [0.10, 0.20, 0.30, 0.40, 0.50]
+    assert not judge(RULE, accuracy=0.60, floor=FLOOR, peers=peers).stop  # 1st of 6
+    assert not judge(RULE, accuracy=0.45, floor=FLOOR, peers=peers).stop  # 2nd of 6
+    assert judge(RULE, accuracy=0.35, floor=FLOOR, peers=peers).stop  # 3rd of 6
+    # alone at the rung (fewer than three candidates), rank keeps nobody
+    assert judge(RULE, accuracy=0.60, floor=FLOOR, peers=[]).stop
+
+
+def test_rungs_are_judged_only_before_the_last_epoch() -> None:
+    rule = RungRule(epochs=(2, 5))
+    assert [e for e in range(1, 11) if rule.judges(e, 10)] == [2, 5]
+    assert not RungRule(epochs=(2,)).judges(2, 2)  # the end of the schedule is no rung
+
+
+def test_rungs_from_the_command_line_and_the_config_file() -> None:
+    assert parse_rungs("5,2, 2") == (2, 5)
+    with pytest.raises(ConfigError, match="--rungs"):
+        parse_rungs("two")
+    with pytest.raises(ConfigError, match="--rungs"):
+        parse_rungs("0")
+    given = {"latency-budget": "0.5x", "rungs": "3", "early-stop": "shadow"}
+    config = search_config_from(given, ConfigFile(), LeverSettings(), home=Path.cwd())
+    assert config.rungs == (3,) and config.early_stop == "shadow"
+    with pytest.raises(ConfigError, match="--early-stop"):
+        SearchConfig(early_stop="sometimes")
+    with pytest.raises(ConfigError, match="--rung-margin"):
+        SearchConfig(rung_margin=1.5)
+
+
+def _objective(tmp_path: Path, tiny_task, rule: RungRule) -> tuple[TrialObjective, str]:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "art")
+    experiment = tracker.experiment_id("rungs")
+    settings = TrialSettings(
+        latency_budget_ms=1.0, accuracy_floor=FLOOR, device="cpu", threads=1, batch_size=1,
+        finetune_epochs=10, seed=0, rungs=rule,
+    )  # fmt: skip
+    link = RunLink(tracker, experiment, parent_run_id=None, study_name="rungs")
+    objective = TrialObjective(tiny_task, tiny_task.build_model(), settings, link, tmp_path)
+    return objective, tracker.start_run(experiment, name="t")
+
+
+def test_on_a_study_the_hopeless_stop_the_promising_go_on_references_never_stop(
+    tmp_path: Path, tiny_task
+) -> None:
+    objective, run_id = _objective(tmp_path, tiny_task, RULE)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for reading in (0.97, 0.96, 0.95):  # earlier candidates, recorded at the rung
+        study.enqueue_trial({}, user_attrs={RUNG_ATTR: {"2": reading}})
+        study.ask()
+    hopeless, promising, reference = study.ask(), study.ask(), study.ask()
+    reference.set_user_attr("reference", "prune 50%")
+
+    assert objective._at_rung(hopeless, 2, 10, 0.30, run_id)
+    assert hopeless.user_attrs[STOPPED_ATTR] == 2
+    assert "below the floor" in hopeless.user_attrs["stop_reason"]
+    assert not objective._at_rung(promising, 2, 10, 0.88, run_id)
+    assert not objective._at_rung(reference, 2, 10, 0.10, run_id)
+    assert STOPPED_ATTR not in reference.user_attrs
+    # each reading is recorded, so the candidates after rank against it
+    assert sorted(peer_readings(study.get_trials(), 2)) == [0.1, 0.3, 0.88, 0.95, 0.96, 0.97]
+    assert not objective._at_rung(study.ask(), 1, 10, 0.10, run_id)  # no rung at epoch 1
+
+
+def test_shadow_mode_records_the_stop_and_goes_on(tmp_path: Path, tiny_task) -> None:
+    shadow = RungRule(epochs=(2,), margin=0.05, shadow=True)
+    objective, run_id = _objective(tmp_path, tiny_task, shadow)
+    trial = optuna.create_study(directions=["maximize", "minimize", "minimize"]).ask()
+    assert not objective._at_rung(trial, 2, 10, 0.30, run_id)
+    assert trial.user_attrs[WOULD_STOP_ATTR] == 2 and STOPPED_ATTR not in trial.user_attrs
+
+
+def test_a_stopped_trial_is_complete_infeasible_and_visible_in_mlflow_and_status(
+    home: Path, tiny_task
+) -> None:
+    """End to end (seconds): a candidate pruned by 70% reads far below an exact floor after
+    its first epoch; it completes, labelled, without the rest of its fine-tune."""
+    config = SearchConfig(
+        latency_budget_ms=1000.0, trials=2, finetune_epochs=3, home=home, seed=0,
+        max_accuracy_drop=0.0, rungs=(1,), rung_margin=0.0, references=False,
+        study_name="rungs",
+        levers=LeverSettings(
+            off=("quant", "width", "lowrank", "lora", "ort"), fixed=(("prune.ratio", 0.7),)
+        ),
+    )  # fmt: skip
+    result = run_search(config, task=tiny_task)
+
+    study = optuna.load_study(study_name="rungs", storage=config.storage_url)
+    trial = study.trials[1]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs[STOPPED_ATTR] == 1
+    assert trial.user_attrs["accuracy_kind"] == "stopped at epoch 1"
+    assert trial.values[0] == pytest.approx(trial.user_attrs[RUNG_ATTR]["1"])
+    assert not is_feasible(trial)
+    run = MlflowClient(tracking_uri=result.tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.tags["stopped_early"] == "True"
+    assert run.data.metrics[STOPPED_ATTR] == 1
+    epochs = MlflowClient(tracking_uri=result.tracking_uri).get_metric_history(
+        run.info.run_id, "finetune_loss"
+    )
+    assert len(epochs) == 1  # one epoch of three ran
+
+    status = subprocess.run(
+        [sys.executable, "-m", "search.cli", "status", "--json", "--study", "rungs"],
+        capture_output=True, text=True, timeout=120, cwd=home,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["stopped_early"] == 1
+
+
+def test_the_benchmark_counts_false_stops_in_shadow_mode() -> None:
+    """A would-stop candidate that ended feasible is a false stop; the fine-tuning after
+    its rung is what the rule would have saved."""
+    from benchmarks.early_stop import render, rung_counts
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for feasible, would in ((True, True), (False, True), (True, False)):
+        trial = study.ask()
+        trial.set_user_attr(RUNG_ATTR, {"2": 0.5})
+        trial.set_user_attr("phase_seconds", {"fine_tune": 10.0})
+        if would:
+            trial.set_user_attr(WOULD_STOP_ATTR, 2)
+        trial.set_constraint("accuracy_below_floor", 0.0 if feasible else 0.1)
+        study.tell(trial, [0.9, 1.0, 1.0])
+    counts = rung_counts(study, epochs=10)
+    assert counts["judged"] == 3 and counts["would_stop"] == 2
+    assert counts["false_stops"] == [0]
+    assert counts["seconds_saved"] == pytest.approx(2 * 10.0 * 8 / 10)
+    table = "\n".join(render({"0.5x": [{"seed": 0, "rungs": counts}]}, "shadow"))
+    assert "| 0.5x | 0 | 3 | 0 | 2 | 1 (trials 0) | 30 | 16 |" in table
+    assert "False-stop rate: 1 of 2 (50%)." in table
