@@ -25,7 +25,8 @@ STATIC = {k: v for k, v in REFERENCE.items()}
 
 @pytest.fixture
 def ctx(tiny_task, tmp_path) -> Context:
-    return Context(task=tiny_task, device="cpu", workdir=tmp_path, base_model=tiny_task.build_model())
+    base = tiny_task.build_model()
+    return Context(task=tiny_task, device="cpu", workdir=tmp_path, base_model=base)
 
 
 def _deploy(model, params: QuantParams, ctx: Context, name: str):
