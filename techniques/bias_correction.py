@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable
 import torch
 from torch import nn
 
-from techniques.equalization import fold_batch_norms
+from techniques.equalization import Layer, fold_batch_norms
 from techniques.fake_quant import FakeQuantSpec, fake_quantize_weight
 
 LAYERS = (nn.Conv2d, nn.Linear)
@@ -51,7 +51,7 @@ def correct_biases(
     """
     model = fold_batch_norms(model)
     inputs = _first(calibration, samples)
-    layers = {
+    layers: dict[str, Layer] = {
         name: module
         for name, module in model.named_modules()
         if isinstance(module, LAYERS) and name not in skip
@@ -89,22 +89,21 @@ def round_weights(model: nn.Module, *, per_channel: bool, reduce_range: bool) ->
     """A copy of ``model`` with every Conv2d and Linear weight on its int8 grid (for tests
     and diagnostics: the float model as ONNX Runtime's int8 weights make it)."""
     model = fold_batch_norms(model)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYERS)}
+    layers: dict[str, Layer] = {n: m for n, m in model.named_modules() if isinstance(m, LAYERS)}
     return _rounded_copy(model, layers, FakeQuantSpec(per_channel, reduce_range=reduce_range))
 
 
-def _rounded_copy(
-    model: nn.Module, layers: dict[str, nn.Module], spec: FakeQuantSpec
-) -> nn.Module:
+def _rounded_copy(model: nn.Module, layers: dict[str, Layer], spec: FakeQuantSpec) -> nn.Module:
     rounded = copy.deepcopy(model)
     for name in layers:
         layer = rounded.get_submodule(name)
+        assert isinstance(layer, LAYERS)
         layer.weight.copy_(fake_quantize_weight(layer.weight, spec))
     return rounded
 
 
 def _output_means(
-    model: nn.Module, layers: dict[str, nn.Module], inputs: torch.Tensor
+    model: nn.Module, layers: dict[str, Layer], inputs: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     means: dict[str, torch.Tensor] = {}
     hooks = [

@@ -51,6 +51,7 @@ SWEEPS = 20  # the factors of a chain settle in a few; each sweep costs microsec
 CLIP_MARGIN = 1.5
 MIN_RANGE = 1e-12  # a weight range below this is an emptied channel: not rescaled
 LAYERS = (nn.Conv2d, nn.Linear)
+Layer = nn.Conv2d | nn.Linear
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # identities in eval mode
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
 HOMOGENEOUS_FUNCTIONS = (F.relu, torch.relu, F.leaky_relu)
@@ -139,13 +140,19 @@ def _clip_bound(module: nn.Module | None) -> float | None:
     return None
 
 
+def _layer(model: nn.Module, name: str) -> Layer:
+    layer = model.get_submodule(name)
+    assert isinstance(layer, LAYERS)
+    return layer
+
+
 def _compatible(model: nn.Module, pair: Pair) -> bool:
-    first, second = model.get_submodule(pair.first), model.get_submodule(pair.second)
+    first, second = _layer(model, pair.first), _layer(model, pair.second)
     out_channels = first.weight.shape[0]
     if isinstance(second, nn.Conv2d):
         return isinstance(first, nn.Conv2d) and second.in_channels == out_channels
     # a Linear after a convolution would mix the last spatial axis, not channels
-    return isinstance(first, nn.Linear) and second.in_features == out_channels
+    return isinstance(first, nn.Linear) and bool(second.in_features == out_channels)
 
 
 @torch.no_grad()
@@ -170,11 +177,10 @@ def equalize(
     pairs = find_pairs(model)
     peaks = _peaks(model, [p for p in pairs if p.clip is not None], calibration)
     pairs = [p for p in pairs if p.clip is None or p.first in peaks]
-    totals = {pair.first: torch.ones(model.get_submodule(pair.first).weight.shape[0])
-              for pair in pairs}  # fmt: skip
+    totals = {pair.first: torch.ones(_layer(model, pair.first).weight.shape[0]) for pair in pairs}
     for _ in range(sweeps):
         for pair in pairs:
-            first, second = model.get_submodule(pair.first), model.get_submodule(pair.second)
+            first, second = _layer(model, pair.first), _layer(model, pair.second)
             r1 = first.weight.detach().flatten(1).abs().amax(dim=1)
             r2 = _input_ranges(second)
             wanted = torch.where(
@@ -222,7 +228,7 @@ def _within_held_ranges(
     return torch.where(held, total, current * bounded)
 
 
-def _input_ranges(layer: nn.Module) -> torch.Tensor:
+def _input_ranges(layer: Layer) -> torch.Tensor:
     """max |W| per input channel of a Conv2d (any groups) or Linear: shape (in,)."""
     weight = layer.weight.detach()
     if isinstance(layer, nn.Linear):
@@ -233,7 +239,7 @@ def _input_ranges(layer: nn.Module) -> torch.Tensor:
     return grouped.amax(dim=(1, 3)).reshape(-1)  # (groups * per_group,) = (in,)
 
 
-def _rescale(first: nn.Module, second: nn.Module, step: torch.Tensor) -> None:
+def _rescale(first: Layer, second: Layer, step: torch.Tensor) -> None:
     """first's output channel i divided by step_i, second's input channel i multiplied."""
     first.weight.div_(step.reshape(-1, *([1] * (first.weight.dim() - 1))))
     if first.bias is not None:
