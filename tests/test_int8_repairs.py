@@ -112,3 +112,24 @@ def test_search_quantize_takes_the_repairs(tiny_task, home) -> None:
     params = one_shot_params("quantize", given, prepared.ctx, prepared.space)
     assert params["quant.scheme"] == "int8-static" and params["quant.fp_layers"] == 2
     assert params["quant.equalize"] is True and params["quant.bias_correction"] is True
+
+
+def test_search_quantize_keeps_the_most_sensitive_layers_in_float_and_says_which(
+    tiny_task, home
+) -> None:
+    """The trial pipeline: int8 sensitivity computed once (kept in the study), the layers
+    named in the MLflow run, their nodes left in float in the file."""
+    from mlflow import MlflowClient
+    from test_oneshot import _config
+
+    from search.core.oneshot import EXPERIMENT, run_one_shot
+
+    given = {"quant.scheme": "int8-static", "quant.fp_layers": 1, "quant.bias_correction": True}
+    result = run_one_shot(_config(home), "quantize", given, task=tiny_task)
+    assert "-bc-fp1" in result.label
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    (run,) = client.search_runs([experiment.experiment_id])
+    kept = run.data.params["quant.float_layers"]
+    assert kept and "," not in kept  # one layer, by its module name
+    assert kept in dict(tiny_task.build_model().named_modules())
