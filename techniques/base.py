@@ -54,6 +54,9 @@ class Context:
             analysis, ``--use-sensitivity``); layers not named take the sampled ratio.
         threads: the target's intra-op thread count (``--threads``): what a candidate runs
             with unless the ``ort`` lever chooses another.
+        int8_sensitivity: accuracy points each named layer loses when it alone is
+            quantized to int8 (computed once per study, or from ``search sensitivity``):
+            which layers ``quant.fp_layers`` keeps in float.
     """
 
     task: Task
@@ -66,6 +69,7 @@ class Context:
     draft: bool = False
     layer_caps: Mapping[str, float] = field(default_factory=dict)
     threads: int = 1
+    int8_sensitivity: Mapping[str, float] = field(default_factory=dict)
 
 
 class ModelTechnique(Protocol):
@@ -138,6 +142,11 @@ class ArtifactTechnique(Protocol):
 
     def configure(self, recipe: Recipe, params: Any, ctx: Context) -> Recipe:
         """The fine-tune recipe with this technique's part set (unchanged if none)."""
+        ...
+
+    def before_export(self, model: nn.Module, params: Any, ctx: Context) -> nn.Module:
+        """The model to export for these params: ``model`` itself, or a changed copy
+        (equalization and bias correction before int8); never changed in place."""
         ...
 
     def apply(self, artifact: Artifact, params: Any, ctx: Context) -> Artifact:

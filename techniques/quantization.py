@@ -20,6 +20,14 @@ measures which combinations pay. ``reduce_range`` (7-bit weights) is in the leve
 AVX2 without VNNI the u8 x s8 multiply-add can saturate, and on the digits model per-channel
 QDQ lost 21 points of accuracy without it and none with it. torch.ao.quantization is
 deprecated in the installed torch and is not used.
+
+Three repairs for int8 that loses accuracy, searched with the static scheme (they change
+values, not the graph, so not the latency): ``quant.equalize`` rescales consecutive layers
+so their per-channel ranges match (``techniques.equalization``), ``quant.bias_correction``
+removes the mean output shift weight rounding causes (``techniques.bias_correction``), both
+on the fine-tuned PyTorch model just before export (``before_export``); ``quant.fp_layers``
+keeps the k layers that lose most when quantized alone in float (ONNX Runtime's
+``nodes_to_exclude``), ranked by ``Context.int8_sensitivity``.
 """
 
 from __future__ import annotations
@@ -34,23 +42,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from torch import nn
 
 from search.measure.artifact import INPUT_NAME, Artifact
 from search.measure.runtimes import formats
 from search.train.loop import Recipe
 from techniques.base import Context, TechniqueError
+from techniques.bias_correction import correct_biases
+from techniques.equalization import equalize
 from techniques.fake_quant import FakeQuantSpec, insert_fake_quant, remove_fake_quant
 
 if TYPE_CHECKING:
     import optuna
+    import torch
     from torch.utils.data import DataLoader
 
 SCHEMES = ("fp32", "fp16", "fp16-weights", "bf16", "int8-dynamic", "int8-static", "int8-qat")
 HALF = ("fp16", "bf16")
 INT8_QDQ = ("int8-static", "int8-qat")
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")  # what static int8 quantizes, by ONNX op
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_SAMPLES = 256
+# How many of the most int8-sensitive layers may stay in float: a small set, as a search
+# over every k would mostly time the same graphs.
+FP_LAYERS = (0, 1, 2, 4)
 # A draft that will be fine-tuned is timed, not shipped: its scales need not be good, and
 # calibrating on one batch made int8 drafts about 0.5 s cheaper each. It is calibrated by
 # min-max whatever the trial's method: the QDQ graph, so the latency, is the same, and the
@@ -72,8 +88,20 @@ class QuantParams:
     activation_type: str = "uint8"
     calibration: str = "minmax"
     reduce_range: bool = False
+    equalize: bool = False
+    bias_correction: bool = False
+    fp_layers: int = 0  # the k most int8-sensitive layers kept in float
 
     def __post_init__(self) -> None:
+        if self.fp_layers < 0:
+            raise TechniqueError(f"quant.fp_layers={self.fp_layers} must be 0 or more, e.g. 2")
+        if (self.equalize or self.bias_correction or self.fp_layers) and (
+            self.scheme not in INT8_QDQ
+        ):
+            raise TechniqueError(
+                f"quant.equalize, quant.bias_correction and quant.fp_layers repair static "
+                f"int8; quant.scheme={self.scheme} takes none of them: use int8-static"
+            )
         if self.scheme not in SCHEMES:
             raise TechniqueError(f"quant.scheme={self.scheme!r} is unknown: use one of {SCHEMES}")
         if self.activation_type not in ACTIVATION_TYPES:
@@ -98,7 +126,9 @@ class QuantParams:
         activation = "u8" if self.activation_type == "uint8" else "s8"
         reduced = "-r7" if self.reduce_range else ""
         kind = "int8qat" if self.scheme == "int8-qat" else "int8s"
-        return f"{kind}-{granularity}-{activation}{reduced}-{self.calibration}"
+        repairs = "-cle" * self.equalize + "-bc" * self.bias_correction
+        repairs += f"-fp{self.fp_layers}" if self.fp_layers else ""
+        return f"{kind}-{granularity}-{activation}{reduced}-{self.calibration}{repairs}"
 
     @property
     def fake_quant(self) -> FakeQuantSpec:
@@ -119,6 +149,11 @@ REFERENCE: Mapping[str, Any] = {
     "quant.activation_type": "uint8",
     "quant.calibration": "minmax",
     "quant.reduce_range": True,
+    # the repairs off: on the digits models the reference lost nothing to int8 without
+    # them (scripts/int8_accuracy.py); the search tries them
+    "quant.equalize": False,
+    "quant.bias_correction": False,
+    "quant.fp_layers": 0,
 }
 
 
@@ -142,13 +177,22 @@ class Quantization:
             return None
         if scheme not in INT8_QDQ:
             return QuantParams(scheme)
-        return QuantParams(
+        params = QuantParams(
             scheme,
             per_channel=trial.suggest_categorical("quant.per_channel", (True, False)),
             activation_type=trial.suggest_categorical("quant.activation_type", ACTIVATION_TYPES),
             calibration=trial.suggest_categorical("quant.calibration", CALIBRATION_METHODS),
             reduce_range=trial.suggest_categorical("quant.reduce_range", (False, True)),
         )
+        if scheme == "int8-static":
+            # QAT's weights already sit on their grid: rescaling would move them off it,
+            # and rounding them again shifts nothing to correct
+            params = replace(
+                params,
+                equalize=_suggest_added(trial, "quant.equalize", (False, True)),
+                bias_correction=_suggest_added(trial, "quant.bias_correction", (False, True)),
+            )
+        return replace(params, fp_layers=_suggest_added(trial, "quant.fp_layers", FP_LAYERS))
 
     def fine_tunes(self, params: QuantParams) -> bool:
         """QAT needs a fine-tune to happen in, even when no model-stage lever asked for one."""
@@ -165,11 +209,88 @@ class Quantization:
             finish=(remove_fake_quant, *recipe.finish),
         )
 
+    def before_export(self, model: nn.Module, params: QuantParams, ctx: Context) -> nn.Module:
+        """Equalization and bias correction on a copy of the model about to be exported.
+
+        A draft gets them too, with fewer calibration samples: they fold batch norms (as
+        the exporter does) and may give a layer a bias, so the draft keeps the final
+        file's graph and hence its latency.
+        """
+        if not (params.equalize or params.bias_correction):
+            return model
+        samples = DRAFT_CALIBRATION_SAMPLES if ctx.draft else CALIBRATION_SAMPLES
+        if params.equalize:
+            model, _ = equalize(model, _inputs(ctx.task.data("train"), samples))
+        if params.bias_correction:
+            model = correct_biases(
+                model,
+                _inputs(ctx.task.data("train"), samples),
+                per_channel=params.per_channel,
+                reduce_range=params.reduce_range,
+                skip=float_layers(ctx, params.fp_layers),
+            )
+        return model
+
     def apply(self, artifact: Artifact, params: QuantParams, ctx: Context) -> Artifact:
         if ctx.draft:
             params = replace(params, calibration="minmax")
         samples = DRAFT_CALIBRATION_SAMPLES if ctx.draft else CALIBRATION_SAMPLES
-        return quantize(artifact, params, calibration=ctx.task.data("train"), samples=samples)
+        keep = float_layers(ctx, params.fp_layers)
+        return quantize(
+            artifact,
+            params,
+            calibration=ctx.task.data("train"),
+            samples=samples,
+            exclude=excluded_nodes(artifact, keep) if keep else None,
+        )
+
+
+def _suggest_added(trial: optuna.trial.BaseTrial, name: str, choices: tuple[Any, ...]) -> Any:
+    """A parameter added to the lever after studies were recorded: replaying an older
+    trial (``FixedTrial`` without it) reads the first choice, the repair off."""
+    import optuna
+
+    try:
+        return trial.suggest_categorical(name, choices)
+    except ValueError:
+        if isinstance(trial, optuna.trial.FixedTrial):
+            return choices[0]
+        raise
+
+
+def float_layers(ctx: Context, count: int) -> tuple[str, ...]:
+    """The ``count`` layers int8 costs most, by ``ctx.int8_sensitivity`` (most first)."""
+    if count == 0:
+        return ()
+    if not ctx.int8_sensitivity:
+        raise TechniqueError(
+            f"quant.fp_layers={count} needs each layer's int8 sensitivity, and none was "
+            "given: the search computes it once per study; `search sensitivity` writes one"
+        )
+    ranked = sorted(ctx.int8_sensitivity.items(), key=lambda item: (-item[1], item[0]))
+    return tuple(name for name, _ in ranked[:count])
+
+
+def excluded_nodes(artifact: Artifact, layers: tuple[str, ...]) -> list[str]:
+    """The exported graph's Conv/Gemm/MatMul nodes that belong to ``layers``."""
+    import onnx
+
+    from search.measure.onnx_runtime import module_of_node
+
+    wanted = set(layers)
+    graph = onnx.load(str(artifact.path)).graph
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in QUANTIZED_OPS and module_of_node(node.name, wanted) in wanted
+    ]
+
+
+def _inputs(loader: DataLoader, samples: int) -> Iterator[torch.Tensor]:
+    """The first ``samples`` training inputs, batch by batch (targets dropped)."""
+    batches = max(1, samples // (loader.batch_size or 1))
+    for inputs, _ in itertools.islice(loader, batches):
+        yield inputs
 
 
 def quantize(
@@ -179,11 +300,13 @@ def quantize(
     calibration: DataLoader,
     samples: int = CALIBRATION_SAMPLES,
     nodes: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> Artifact:
     """Write ``<stem>.<label>.<suffix>`` beside ``artifact``, in the format ``params`` say.
 
     ``nodes``: quantize only these ONNX nodes (int8 schemes; sensitivity analysis
-    quantizes one layer at a time), the rest stays float.
+    quantizes one layer at a time), the rest stays float. ``exclude``: these nodes stay
+    float (static int8: mixed precision).
     """
     if params.scheme == "fp32":
         return artifact
@@ -203,7 +326,7 @@ def quantize(
         to_fp16_weights(artifact.path, output)
         return Artifact(path=output, scheme=params.scheme)
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-        return _quantize(artifact, params, calibration, samples, nodes)
+        return _quantize(artifact, params, calibration, samples, nodes, exclude)
 
 
 def _quantize(
@@ -212,6 +335,7 @@ def _quantize(
     calibration: DataLoader,
     samples: int,
     nodes: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> Artifact:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -251,6 +375,7 @@ def _quantize(
                 calibrate_method=methods[params.calibration],
                 reduce_range=params.reduce_range,
                 nodes_to_quantize=nodes,
+                nodes_to_exclude=exclude,
             )
     prepared.unlink(missing_ok=True)
     return Artifact(path=output, scheme=params.scheme)

@@ -48,6 +48,7 @@ from techniques.base import Context, TechniqueError
 
 if TYPE_CHECKING:
     import optuna
+    from torch import nn
 
 AT_LOAD = "load"
 LEVELS = (AT_LOAD, *OPTIMIZATION_LEVELS)
@@ -126,6 +127,9 @@ class SessionKnobs:
 
     def configure(self, recipe: Recipe, params: SessionParams, ctx: Context) -> Recipe:
         return recipe
+
+    def before_export(self, model: nn.Module, params: Any, ctx: Context) -> nn.Module:
+        return model
 
     def apply(self, artifact: Artifact, params: SessionParams, ctx: Context) -> Artifact:
         if artifact.format != "onnx":

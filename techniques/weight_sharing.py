@@ -31,6 +31,7 @@ from techniques.base import Context, TechniqueError
 
 if TYPE_CHECKING:
     import optuna
+    from torch import nn
 
 BITS = (0, 2, 3, 4, 5, 6, 8)  # 0: off
 SHARED_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> input index of the weight
@@ -81,6 +82,9 @@ class WeightSharing:
 
     def configure(self, recipe: Recipe, params: ShareParams, ctx: Context) -> Recipe:
         return recipe
+
+    def before_export(self, model: nn.Module, params: Any, ctx: Context) -> nn.Module:
+        return model
 
     def apply(self, artifact: Artifact, params: ShareParams, ctx: Context) -> Artifact:
         return share_weights(artifact, params.bits, seed=ctx.seed)

@@ -112,3 +112,34 @@ def test_qat_scheme_is_static_qdq_for_the_quantizer(tiny_task, tmp_path) -> None
     quantized = quantize(fp32, params, calibration=tiny_task.data("train"))
     assert quantized.scheme == "int8-qat"
     assert quantized.size_bytes < 0.6 * fp32.size_bytes
+
+
+@pytest.mark.parametrize("activation_type", ["uint8", "int8"])
+def test_per_tensor_qat_through_lora_on_a_heavily_pruned_model_keeps_a_finite_loss(
+    tiny_task, activation_type
+) -> None:
+    """The case issue 32 saw fail with "loss became nan in epoch 0" (QAT per tensor, 70%
+    pruned, LoRA, distilled): it must train, and the guard must stay armed."""
+    from search.train.loop import Distillation
+    from techniques.pruning import prune_channels
+
+    torch.manual_seed(0)
+    base = tiny_task.build_model()
+    model = prune_channels(base, tiny_task.example_inputs(1), ratio=0.7, scope="global")
+    model = add_adapters(model, 8)
+    spec = FakeQuantSpec(per_channel=False, activation_type=activation_type, reduce_range=True)
+    model = insert_fake_quant(model, spec)
+    losses: list[float] = []
+    fit(model, tiny_task.data("train"), epochs=2, lr=0.05, loss_fn=tiny_task.loss,
+        distillation=Distillation(base, temperature=8.0, alpha=0.9),
+        on_epoch=lambda _epoch, loss: losses.append(loss))  # fmt: skip
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    model = merge_adapters(remove_fake_quant(model))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_nan_guard_still_stops_a_diverging_fine_tune(tiny_task) -> None:
+    model = insert_fake_quant(tiny_task.build_model(), FakeQuantSpec(per_channel=False))
+    with pytest.raises(FloatingPointError, match="loss became nan in epoch 0"):
+        fit(model, tiny_task.data("train"), epochs=1, lr=0.05,
+            loss_fn=lambda outputs, targets: outputs.sum() * float("nan"))  # fmt: skip

@@ -179,6 +179,30 @@ def quantize(
             "--reduce-range/--full-range", help="7-bit weights (the default: no saturation)."
         ),
     ] = None,
+    equalize: Annotated[
+        bool | None,
+        typer.Option(
+            "--equalize/--no-equalize",
+            help="int8-static: rescale consecutive layers so their per-channel ranges match "
+            "(cross-layer equalization) before export.",
+        ),
+    ] = None,
+    bias_correction: Annotated[
+        bool | None,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="int8-static: remove the mean output shift int8 weight rounding causes, "
+            "measured on calibration data.",
+        ),
+    ] = None,
+    fp_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--fp-layers",
+            help="int8: keep the K layers int8 costs most (each quantized alone) in float: "
+            "0, 1, 2 or 4.",
+        ),
+    ] = None,
     common: dict[str, Any] | None = None,
 ) -> None:
     """Convert the exported model to another number format and measure it against the input."""
@@ -188,6 +212,9 @@ def quantize(
         "quant.activation_type": activation_type,
         "quant.calibration": calibration,
         "quant.reduce_range": reduce_range,
+        "quant.equalize": equalize,
+        "quant.bias_correction": bias_correction,
+        "quant.fp_layers": fp_layers,
     }
     flags = {name: name.partition(".")[2].replace("_", "-") for name in given}
     _one_shot("quantize", given, flags, common)

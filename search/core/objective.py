@@ -34,6 +34,7 @@ from torch import nn
 from search.core.escalation import escalate_reference
 from search.core.phases import PhaseClock
 from search.core.rungs import RungRule, judge, peer_readings
+from search.core.sensitivity import int8_drops
 from search.core.space import (
     artifact_techniques,
     every_parameter,
@@ -67,8 +68,10 @@ from search.track.trials import (
 from search.train.loop import Recipe, fit, predict, recovery_lr
 from search.train.task import Task
 from techniques import Context
+from techniques.quantization import float_layers
 
 MODEL_CACHE_SIZE = 4
+INT8_SENSITIVITY_KEY = "int8_sensitivity"  # study user attr: layer -> int8 drop (points)
 REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
 
 
@@ -153,6 +156,7 @@ class TrialObjective:
         self._macs: dict[str, tuple[int, int]] = {}  # layers and shapes -> MACs, params
         self._clock = PhaseClock()  # this trial's phases; a new one per trial
         self.last_model: nn.Module | None = None  # the model the last trial deployed
+        self._sensitivity: dict[str, float] | None = None  # layer -> int8 drop, points
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         workdir = self.workdir / f"trial-{trial.number:04d}"
@@ -170,6 +174,9 @@ class TrialObjective:
         )
         self._clock = PhaseClock()
         plan = sample_plan(trial, ctx)
+        kept = getattr(plan.get("quant"), "fp_layers", 0)
+        if kept:  # mixed precision ranks the layers by what int8 costs each alone
+            ctx = replace(ctx, int8_sensitivity=self._int8_sensitivity(trial.study))
         run_id = self.link.tracker.start_run(
             self.link.experiment_id,
             name=run_name(trial.number, plan),
@@ -188,6 +195,10 @@ class TrialObjective:
         trial.set_user_attr("pid", os.getpid())
         levers = {f"lever.{n}": p.label if p is not None else "off" for n, p in plan.items()}
         listed = every_parameter(trial.params, plan, self.settings.space_names)
+        if kept:
+            in_float = list(float_layers(ctx, kept))
+            trial.set_user_attr("float_layers", in_float)
+            levers["quant.float_layers"] = ",".join(in_float)[:5000]
         self.link.tracker.log(run_id, params={**listed, **levers})
         duplicate = find_duplicate(trial)
         if duplicate is not None:
@@ -217,6 +228,22 @@ class TrialObjective:
             shutil.rmtree(workdir, ignore_errors=True)
         self.link.tracker.end_run(run_id)
         return values
+
+    def _int8_sensitivity(self, study: optuna.Study) -> dict[str, float]:
+        """Accuracy points each layer of the input model loses quantized alone (cached).
+
+        Computed once per study, on the uncompressed model: the model levers keep layer
+        names, so every candidate's layers are ranked by it. The study keeps it, so
+        workers and a resumed search reuse it.
+        """
+        if self._sensitivity is None:
+            known = study.user_attrs.get(INT8_SENSITIVITY_KEY)
+            if known is None:
+                with self._clock.phase("int8_sensitivity"):
+                    known = int8_drops(self.task, self.base_model, device=self.settings.device)
+                study.set_user_attr(INT8_SENSITIVITY_KEY, known)
+            self._sensitivity = {str(k): float(v) for k, v in known.items()}
+        return self._sensitivity
 
     def _run(
         self, trial: optuna.Trial, plan: dict[str, Any], ctx: Context, run_id: str
@@ -264,6 +291,10 @@ class TrialObjective:
     def _deploy(self, model: nn.Module, plan: dict[str, Any], ctx: Context, kind: str) -> Artifact:
         """Export ``model`` and apply the artifact levers: the file that would ship."""
         example = self.task.example_inputs(1)
+        with self._clock.phase("convert"):  # int8 repairs on the model (equalize, bias)
+            for name, technique in artifact_techniques():
+                if plan[name] is not None:
+                    model = technique.before_export(model, plan[name], ctx)
         with self._clock.phase("export"):
             path = ctx.workdir / kind / "model"
             artifact = export(self.settings.runtime, model, example, path)

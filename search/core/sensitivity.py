@@ -29,7 +29,7 @@ from torch import nn
 from search.common.errors import ConfigError
 from search.core.config import SearchConfig
 from search.measure.artifact import Artifact
-from search.measure.onnx_runtime import compact_names
+from search.measure.onnx_runtime import compact_names, module_of_node
 from search.measure.runtimes import ONNXRUNTIME, evaluate, export
 from search.train.task import Task
 from techniques.pruning import prunable_layers, prune_channels
@@ -111,6 +111,19 @@ def analyse(
     return Sensitivity(base, tuple(ratios), list(rows.values()))
 
 
+def int8_drops(task: Task, model: nn.Module, *, device: str = "cpu") -> dict[str, float]:
+    """Each layer of ``model`` quantized to int8 alone: accuracy points lost, by layer.
+
+    What ``quant.fp_layers`` ranks layers by; the search computes it once per study.
+    """
+    with tempfile.TemporaryDirectory(prefix="search-int8-sensitivity-") as scratch:
+        folder = Path(scratch)
+        exported = export(ONNXRUNTIME, model, task.example_inputs(1), folder / "float")
+        float_file = compact_names(exported)
+        base = _accuracy(float_file, task, device)
+        return _int8_drops(model, task, folder, base, device)
+
+
 def _parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
@@ -144,21 +157,8 @@ def _int8_drops(
 
 
 def layer_of(node_name: str, modules: set[str]) -> str:
-    """The module a TorchScript-exported node came from, or the node's name.
-
-    Its scopes name each level either by attribute (``conv1``) or, inside containers, by
-    the parent's name extended (``layer1.0``, ``conv.0.0``): ``/layer1/layer1.0/conv1/Conv``
-    is ``layer1.0.conv1``, ``/features/features.3/conv/conv.0/conv.0.0/Conv`` is
-    ``features.3.conv.0.0``.
-    """
-    segments: list[str] = []
-    for part in [p for p in node_name.split("/") if p][:-1]:
-        if segments and part.startswith(segments[-1] + "."):
-            segments[-1] = part
-        else:
-            segments.append(part)
-    name = ".".join(segments)
-    return name if name in modules else node_name
+    """The module a TorchScript-exported node came from (``module_of_node``)."""
+    return module_of_node(node_name, modules)
 
 
 def _accuracy(artifact: Artifact, task: Task, device: str, runtime: str = ONNXRUNTIME) -> float:

@@ -9,6 +9,7 @@ run by the runtime that would run it, never from the PyTorch stand-in. The other
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,24 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> A
     except RuntimeError as error:  # the exporter's errors (OnnxExporterError is one)
         raise export_error(model, example_inputs, error) from error
     return Artifact(path=path, scheme="fp32")
+
+
+def module_of_node(node_name: str, modules: Collection[str]) -> str:
+    """The module a TorchScript-exported node came from, or the node's name.
+
+    Its scopes name each level either by attribute (``conv1``) or, inside containers, by
+    the parent's name extended (``layer1.0``, ``conv.0.0``): ``/layer1/layer1.0/conv1/Conv``
+    is ``layer1.0.conv1``, ``/features/features.3/conv/conv.0/conv.0.0/Conv`` is
+    ``features.3.conv.0.0``.
+    """
+    segments: list[str] = []
+    for part in [p for p in node_name.split("/") if p][:-1]:
+        if segments and part.startswith(segments[-1] + "."):
+            segments[-1] = part
+        else:
+            segments.append(part)
+    name = ".".join(segments)
+    return name if name in modules else node_name
 
 
 def compact_names(artifact: Artifact) -> Artifact:

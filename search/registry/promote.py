@@ -56,6 +56,8 @@ class PromotionCard:
     baseline: dict[str, float] = field(default_factory=dict)  # its figures, when known
     ratios: dict[str, float] = field(default_factory=dict)  # against the baseline
     hardware: dict[str, str] = field(default_factory=dict)
+    # layers left in float in an int8 file (``quant.fp_layers``), most int8-sensitive first
+    float_layers: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +84,9 @@ class PromotionCard:
         if self.ratios:
             shown = ", ".join(f"{k} {v:.2f}x" for k, v in self.ratios.items())
             lines.append(f"- against the baseline (as measured in the search): {shown}")
+        if self.float_layers:
+            kept = ", ".join(f"`{name}`" for name in self.float_layers)
+            lines.append(f"- layers kept in float32 (the rest int8): {kept}")
         lines += ["", "## Parameters", ""]
         lines += [f"- `{k}` = {v}" for k, v in sorted(self.params.items())]
         lines += ["", "## Hardware", ""]
@@ -229,6 +234,7 @@ def _card(
         baseline=baseline,
         ratios=ratios,
         hardware=hardware_fingerprint(),
+        float_layers=list(trial.user_attrs.get("float_layers", [])),
     )
 
 
