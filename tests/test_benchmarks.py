@@ -455,35 +455,6 @@ def _matmul_file(path, width: int):
     return Artifact(path=path, scheme="fp32")
 
 
-def test_a_paired_delta_counts_images_lost_and_gained_and_brackets_the_delta() -> None:
-    from benchmarks.paired import paired_delta
-
-    base = np.ones(360, dtype=bool)
-    base[:2] = False  # the baseline misses two images
-    model = base.copy()
-    model[2:8] = False  # six more missed
-    model[0] = True  # one the baseline missed
-    delta = paired_delta(base, model)
-    assert (delta.lost, delta.gained, delta.total) == (6, 1, 360)
-    assert delta.delta_points == pytest.approx(-500 / 360)
-    # five images net of 360: the interval reaches about two images either side
-    assert -4 < delta.low_points < delta.delta_points < delta.high_points < 0.6
-    same = paired_delta(base, base)
-    assert (same.lost, same.gained, same.low_points, same.high_points) == (0, 0, 0.0, 0.0)
-    with pytest.raises(ValueError):
-        paired_delta(base, model[:10])
-
-
-def test_right_or_wrong_only_where_the_metric_is_top1_accuracy() -> None:
-    from benchmarks.side_by_side import right_or_wrong
-
-    outputs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
-    targets = np.array([0, 1, 1, 1])
-    assert right_or_wrong(outputs, targets, 0.75).tolist() == [True, True, False, True]
-    assert right_or_wrong(outputs, targets, 0.8) is None  # another metric (say, macro F1)
-    assert right_or_wrong(outputs[:, 0], targets, 0.75) is None  # not class scores
-
-
 def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:
     import time
 
