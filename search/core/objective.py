@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import optuna
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from search.core.space import (
     training_techniques,
 )
 from search.measure.artifact import Artifact
+from search.measure.intervals import accuracy_figures, per_example_correct
 from search.measure.latency import (
     MIN_REPEATS,
     Anchor,
@@ -51,9 +53,10 @@ from search.measure.latency import (
     measurement_lock,
 )
 from search.measure.onnx_runtime import compact_names
-from search.measure.runtimes import ONNXRUNTIME, evaluate, export, formats, graph_signature
+from search.measure.runtimes import ONNXRUNTIME, export, formats, graph_signature
+from search.measure.runtimes import predict as predict_file
 from search.track.tracker import STUDY_TAG, TRIAL_TAG, Tracker
-from search.track.trials import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY
+from search.track.trials import ACCURACY_CONSTRAINT_KEY, CONSTRAINT_KEY, accuracy_below_floor
 from search.train.loop import Recipe, fit, predict, recovery_lr
 from search.train.task import Task
 from techniques import Context
@@ -85,6 +88,10 @@ class TrialSettings:
     # every candidate timed in turn with the baseline's file (``measure_anchored``); None:
     # timed alone (``--no-latency-anchor``)
     anchor: Anchor | None = None
+    accuracy_rule: str = "point"  # how the accuracy floor reads a candidate (track/trials.py)
+    # the baseline file's right/wrong per validation example (core/baseline_record.py), so a
+    # trial's paired delta costs only its own evaluation; None: not top-1 accuracy
+    baseline_correct: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,7 @@ class TrialObjective:
             escalate_reference(
                 trial,
                 over_budget_ms,
-                feasible=over_budget_ms <= 0 and values[0] >= self.settings.accuracy_floor,
+                feasible=bool(trial.user_attrs.get("feasible")),
                 fixed=self.settings.fixed_names,
                 formats=formats(self.settings.runtime, self.settings.device),
             )
@@ -294,7 +301,10 @@ class TrialObjective:
         """Accuracy of ``artifact``, the constraints, user attrs and the MLflow run."""
         self.last_model = model
         with self._clock.phase("evaluate"):
-            accuracy = self._accuracy(artifact)
+            accuracy, correct = self._accuracy(artifact)
+        # its interval, and the paired delta against the baseline on the same examples
+        base_correct = self.settings.baseline_correct
+        figures = {} if correct is None else accuracy_figures(correct, base_correct).as_dict()
         with self._clock.phase("count_macs"):
             # thop traces a forward pass (0.2 s here); the count depends only on the layers
             # and their shapes, which many trials share (one pruning, two number formats)
@@ -303,7 +313,14 @@ class TrialObjective:
                 self._macs[layers] = count_macs_and_params(model, self.task.example_inputs(1))
             macs, n_params = self._macs[layers]
         over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
-        below_floor = self.settings.accuracy_floor - accuracy
+        low = figures.get("delta_ci_low_points")
+        below_floor = accuracy_below_floor(
+            self.settings.accuracy_rule,
+            accuracy=accuracy,
+            floor=self.settings.accuracy_floor,
+            baseline_accuracy=float(base_correct.mean()) if base_correct is not None else accuracy,
+            delta_low_points=None if low is None else float(low),
+        )
         trial.set_constraint(CONSTRAINT_KEY, over_budget_ms)
         # A draft's accuracy before fine-tuning says nothing about the candidate's: it is not
         # held against it (the sampler ranks infeasible trials by their summed violations,
@@ -329,6 +346,7 @@ class TrialObjective:
             "below_accuracy_floor": below_floor,
             "feasible": feasible,
             "trial_seconds": time.perf_counter() - started,
+            **figures,
         }
         if latency.raw_p50_ms is not None:  # anchored: its own p50 and the baseline's, in turn
             metrics["latency_raw_p50_ms"] = latency.raw_p50_ms
@@ -358,17 +376,19 @@ class TrialObjective:
         self.link.tracker.log_artifact(run_id, artifact.path, folder="model")
         return accuracy, latency.p50_ms, size_mb
 
-    def _accuracy(self, artifact: Artifact) -> float:
-        """The task metric of the deployed file in its runtime, on the validation split."""
-        return evaluate(
+    def _accuracy(self, artifact: Artifact) -> tuple[float, np.ndarray | None]:
+        """The task metric of the deployed file in its runtime, on the validation split,
+        and from the same outputs which examples it gets right (None: not top-1 accuracy)."""
+        outputs, targets = predict_file(
             artifact,
             self.task.data("val"),
-            self.task.metric,
             runtime=self.settings.runtime,
             device=self.settings.device,
             threads=self.settings.eval_threads,
             batch_size=self.settings.batch_size,
         )
+        metric = self.task.metric(outputs, targets)
+        return metric, per_example_correct(outputs, targets, metric)
 
     def _fine_tuned(
         self,
