@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a lever setting for the searches, as search run --fix (repeatable)",
     )
+    run.add_argument(
+        "--accuracy-rule",
+        choices=("point", "confident"),
+        help="the searches' --accuracy-rule (default point); both rules' picks are reported",
+    )
     run.add_argument("--work", type=Path, help="work folder (default benchmarks/work/<time>)")
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     check = commands.add_parser("compare", help="do two results files agree?")
@@ -103,6 +108,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "rounds": args.rounds,
         "finetune_epochs": args.finetune_epochs,
         "fixed": fixed or None,
+        "accuracy_rule": args.accuracy_rule,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     work = args.work or Path("benchmarks/work") / time.strftime("%Y%m%d-%H%M%S")

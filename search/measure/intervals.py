@@ -147,15 +147,20 @@ def accuracy_figures(correct: np.ndarray, baseline_correct: np.ndarray | None) -
 
 
 def show_delta(
-    delta_points: float | None, low_points: float | None = None, high_points: float | None = None
+    delta_points: float | None,
+    low_points: float | None = None,
+    high_points: float | None = None,
+    *,
+    decimals: int = 1,
 ) -> str:
     """A delta in points with its interval, compactly: ``-0.6 (-1.4, +0.3)``."""
     if delta_points is None:
         return "-"
-    shown = f"{delta_points:+.1f}"
+    form = f"{{:+.{decimals}f}}"
+    shown = form.format(delta_points + 0.0)  # + 0.0: no "-0.0"
     if low_points is None or high_points is None:
         return shown
-    return f"{shown} ({low_points:+.1f}, {high_points:+.1f})"
+    return f"{shown} ({form.format(low_points + 0.0)}, {form.format(high_points + 0.0)})"
 
 
 def show_interval(low: float | None, high: float | None) -> str:

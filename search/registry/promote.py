@@ -42,8 +42,7 @@ from search.track.trials import (
     ACCURACY_RULES,
     INTERVAL_KEYS,
     baseline_trial,
-    feasible_under,
-    is_feasible,
+    feasible_by,
     study_rule,
 )
 from search.train.task import Task
@@ -176,16 +175,7 @@ def choose_trial(
     rule = rule or study_rule(study)
     if rule not in ACCURACY_RULES:
         raise ConfigError(f"--accuracy-rule {rule!r}: use one of {', '.join(ACCURACY_RULES)}")
-    base = baseline_trial(study)
-    if rule == study_rule(study) or base is None:
-        feasible = [t for t in done if is_feasible(t)]
-    else:
-        drop = float(study.user_attrs.get("max_accuracy_drop", 0.01))
-        feasible = [
-            t
-            for t in done
-            if feasible_under(t, rule, baseline_accuracy=base.values[0], max_drop=drop)
-        ]
+    feasible = feasible_by(study, rule)
     if not feasible:
         budget = float(study.user_attrs.get("latency_budget_ms", float("nan")))
         nearest = nearest_trials(study, count=1)

@@ -86,6 +86,18 @@ def feasible_under(
     return below <= 0
 
 
+def feasible_by(study: optuna.Study, rule: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The study's feasible trials under ``rule`` (None: the study's own, its constraints);
+    under the other rule, re-judged from what each trial recorded (``feasible_under``)."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    base = baseline_trial(study)
+    if rule is None or rule == study_rule(study) or base is None:
+        return [t for t in done if is_feasible(t)]
+    drop = float(study.user_attrs.get("max_accuracy_drop", 0.01))
+    judged = {"baseline_accuracy": base.values[0], "max_drop": drop}
+    return [t for t in done if feasible_under(t, rule, **judged)]
+
+
 def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The completed uncompressed reference trial, if the study has one."""
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
