@@ -105,6 +105,23 @@ def test_intervals_are_recorded_and_the_baseline_is_evaluated_once_per_study(
     assert not feasible_under(pruned, "confident", **judged)
     assert feasible_under(baseline, "confident", **judged)
 
+    # the benchmark's view of the same search: both rules' picks, the paired test deltas
+    from benchmarks.side_by_side import test_scores as scores_on_test
+    from benchmarks.suite import _compression_entry
+    from search.core.profile import trial_target
+
+    folder = home / "models"
+    base_file = trial_target(study, baseline.number, config.mlflow_uri, folder / "base")
+    base_test = scores_on_test([base_file], tiny_task, runtime="onnxruntime", device="cpu")[0]
+    entry = _compression_entry(study, tiny_task, config, folder, "best", base_test.correct)
+    assert set(entry["picks"]) == {"point", "confident"} and entry["accuracy_rule"] == "point"
+    assert entry["picks"]["point"]["trial"] == pruned.number
+    tested = {c["trial"]: c for c in entry["candidates"]}[pruned.number]
+    assert tested["feasible_under"] == ["point", "confident"]  # a drop of 50 points
+    assert tested["test_delta_points"] == pytest.approx(
+        100 * (tested["test_accuracy"] - base_test.metric)
+    )
+
     # the rule is the study's: resuming with the other one is refused in one line
     with pytest.raises(StudyError, match="accuracy_rule=point"):
         run_search(config_for(home, trials=1, study_name="ci", levers=PRUNED,
