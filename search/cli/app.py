@@ -241,6 +241,7 @@ def run(
         f"in {search_config.runtime} ({threads_used} thread{'s' if threads_used > 1 else ''}, "
         f"batch {search_config.batch_size}"
         + (", objective throughput" if search_config.objective == "throughput" else "")
+        + (", accuracy rule confident" if search_config.accuracy_rule == "confident" else "")
         + (f", {search_config.workers} workers)" if search_config.workers > 1 else ")")
     )
     with TrialProgress(console, total=search_config.trials) as progress:

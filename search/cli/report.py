@@ -81,6 +81,12 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
         reasons.append("below accuracy floor")
     feasible = " and ".join(reasons) or "feasible"
     acc = f"acc {accuracy:.4f}" + (" (untuned)" if untuned else "")
+    attrs = trial.user_attrs
+    if not untuned and attrs.get("delta_points") is not None:
+        from search.measure.intervals import show_delta
+
+        low, high = attrs.get("delta_ci_low_points"), attrs.get("delta_ci_high_points")
+        acc += f" Δ {show_delta(attrs['delta_points'], low, high)}"
     return f"{name}  {acc}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
 
 

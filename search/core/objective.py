@@ -32,6 +32,7 @@ import optuna
 import torch
 from torch import nn
 
+from search.common.errors import StudyError
 from search.core.escalation import escalate_reference
 from search.core.phases import PhaseClock
 from search.core.space import (
@@ -304,6 +305,16 @@ class TrialObjective:
             accuracy, correct = self._accuracy(artifact)
         # its interval, and the paired delta against the baseline on the same examples
         base_correct = self.settings.baseline_correct
+        if (
+            base_correct is not None
+            and correct is not None
+            and base_correct.shape != correct.shape
+        ):
+            raise StudyError(
+                f"the baseline's validation record has {base_correct.size} examples, this "
+                f"validation split {correct.size}: the task's split changed; delete "
+                "studies/records/<study>/baseline-val.npz to measure the baseline again"
+            )
         figures = {} if correct is None else accuracy_figures(correct, base_correct).as_dict()
         with self._clock.phase("count_macs"):
             # thop traces a forward pass (0.2 s here); the count depends only on the layers
