@@ -133,6 +133,7 @@ def _delta_lines(test: dict[str, float], validation: dict[str, float]) -> list[s
             figures["delta_points"],
             figures["delta_ci_low_points"],
             figures["delta_ci_high_points"],
+            decimals=2,
         )
         p = f", McNemar p {figures['mcnemar_p']:.3g}" if "mcnemar_p" in figures else ""
         lines.append(
