@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("on", "off", "shadow"),
         help="successive halving in the searches (default on; shadow: record, never stop)",
     )
+    run.add_argument(
+        "--accuracy-rule",
+        choices=("point", "confident"),
+        help="the searches' --accuracy-rule (default point); both rules' picks are reported",
+    )
     run.add_argument("--work", type=Path, help="work folder (default benchmarks/work/<time>)")
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     check = commands.add_parser("compare", help="do two results files agree?")
@@ -109,6 +114,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "finetune_epochs": args.finetune_epochs,
         "fixed": fixed or None,
         "early_stop": args.early_stop,
+        "accuracy_rule": args.accuracy_rule,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     work = args.work or Path("benchmarks/work") / time.strftime("%Y%m%d-%H%M%S")

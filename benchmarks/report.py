@@ -9,6 +9,8 @@ from typing import Any
 
 from benchmarks.compare import chance_next_median_within
 from benchmarks.early_stop import render as render_rungs
+from benchmarks.rules import rules_section
+from search.measure.intervals import show_delta
 
 
 def results_stem(folder: Path, quick: bool, today: date | None = None) -> Path:
@@ -85,13 +87,15 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
         "looked at; each feasible trial's test accuracy is listed under its search, with the "
         "search's own ×faster and ×smaller; (pick) marks this rule's choice and (promote) "
         "the trial `search promote` takes by default (the most accurate on validation, ties "
-        "to the faster), which a user deploying by hand would get.",
+        "to the faster), which a user deploying by hand would get; where both accuracy rules' "
+        "choices were kept, each mark names its rule.",
         "",
     ]
     if "early_stop" in plan:  # runs from before 2026-12-04 searched without the rule
         searches = {b: s["seeds"] for b, s in results["compression"].items()}
         lines += render_rungs(searches, plan["early_stop"])
     lines += [
+        *rules_section(results),
         "## Search efficiency",
         "",
     ]
@@ -231,8 +235,17 @@ def _range_caveat(compression: dict[str, Any]) -> list[str]:
 
 
 def _trial_marked(number: int, entry: dict[str, Any]) -> str:
-    """A candidate's trial number, marked when a rule chose it (results before the
-    promote mark was recorded carry only the pick)."""
+    """A candidate's trial number, marked when a rule chose it: under each accuracy rule
+    where the results kept both (older results carry the pick and promote's alone)."""
+    picks = entry.get("picks")
+    if picks:
+        marks = [
+            f"{rule} {mark}"
+            for rule, chosen in picks.items()
+            for mark, key in (("pick", "trial"), ("promote", "promote_trial"))
+            if chosen.get(key) == number
+        ]
+        return f"{number} ({', '.join(marks)})" if marks else str(number)
     marks = [
         mark
         for mark, key in (("pick", "trial"), ("promote", "promote_trial"))
@@ -258,14 +271,23 @@ def _search_lines(
     if candidates:
         lines += [
             "",
-            "  | trial | validation (Δ points) | test (Δ points) | ×faster | ×smaller |",
+            "  | trial | validation (Δ points, 95% paired) | test (Δ points, 95% paired) "
+            "| ×faster | ×smaller |",
             "  |---|---|---|---|---|",
         ]
         for c in candidates:
+            validation = show_delta(
+                c["delta_points"],
+                c.get("delta_ci_low_points"),
+                c.get("delta_ci_high_points"),
+                decimals=2,
+            )
+            test_delta = c.get("test_delta_points", 100 * (c["test_accuracy"] - base_test))
+            test_ci = c.get("test_delta_ci_points") or [None, None]
             lines.append(
                 f"  | {_trial_marked(c['trial'], entry)} | {c['accuracy']:.4f} "
-                f"({c['delta_points']:+.2f}) | {c['test_accuracy']:.4f} "
-                f"({100 * (c['test_accuracy'] - base_test):+.2f}) | {c['faster']:.2f} | "
+                f"({validation}) | {c['test_accuracy']:.4f} "
+                f"({show_delta(test_delta, *test_ci, decimals=2)}) | {c['faster']:.2f} | "
                 f"{c['smaller']:.2f} |"
             )
         lines.append("")

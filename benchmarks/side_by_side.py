@@ -16,7 +16,6 @@ model once, one after another, gave pruning alone 1.98x to 3.47x faster; timed i
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import statistics
@@ -27,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.paired import paired_delta
 from search.core.profile import Target
 from search.measure.artifact import Artifact
+from search.measure.intervals import paired_delta, per_example_correct
 from search.measure.latency import interleaved_times, measure_latency
 from search.measure.runtimes import predict
 from search.train.task import Task
@@ -51,7 +50,7 @@ class Compared:
     test_accuracy: float
     accuracy_delta_points: float  # test accuracy minus the baseline's, in points
     # examples lost and gained against the baseline, and the delta's 95% interval in points
-    # (paired bootstrap, benchmarks.paired); None where right/wrong is not defined
+    # (paired bootstrap, search.measure.intervals); None where right/wrong is not defined
     test_lost: int | None
     test_gained: int | None
     delta_interval_points: tuple[float, float] | None
@@ -92,18 +91,8 @@ def test_scores(
             threads=os.cpu_count() or 1,
         )
         metric = task.metric(outputs, targets)
-        scores.append(ScoreOnTest(metric, right_or_wrong(outputs, targets, metric)))
+        scores.append(ScoreOnTest(metric, per_example_correct(outputs, targets, metric)))
     return scores
-
-
-def right_or_wrong(outputs: np.ndarray, targets: np.ndarray, metric: float) -> np.ndarray | None:
-    """Per example, whether the top-1 class is the label; None unless the task's metric is
-    top-1 accuracy, recognised by its value being their mean (a task's metric is its own
-    method, so it cannot be told by identity)."""
-    if outputs.ndim != 2 or targets.ndim != 1 or len(outputs) != len(targets):
-        return None
-    correct = outputs.argmax(axis=1) == targets
-    return correct if math.isclose(float(correct.mean()), metric, abs_tol=1e-9) else None
 
 
 def time_rounds(

@@ -34,17 +34,26 @@ from benchmarks.overhead import overhead
 from benchmarks.roofline import floor_of, measure_peaks, onnx_bytes
 from benchmarks.side_by_side import Compared, compare, test_scores, time_rounds
 from benchmarks.student import distilled_student
+from search.common.errors import ConfigError
 from search.core.config import SearchConfig
 from search.core.levers import LeverSettings
 from search.core.oneshot import FINETUNE, TrialRef, run_one_shot
 from search.core.profile import Target, baseline_target, trial_target
 from search.core.runner import run_search
 from search.measure.artifact import Artifact
+from search.measure.intervals import paired_delta, per_example_correct
 from search.measure.latency import hardware_fingerprint, measure_latency
-from search.measure.runtimes import evaluate
+from search.measure.runtimes import predict
 from search.registry.promote import choose_trial
 from search.tasks.loader import load_task
-from search.track.trials import baseline_trial, is_feasible
+from search.track.trials import (
+    ACCURACY_RULES,
+    INTERVAL_KEYS,
+    baseline_trial,
+    feasible_by,
+    is_feasible,
+    study_rule,
+)
 from search.train.task import Task
 from techniques import TECHNIQUES
 
@@ -96,6 +105,9 @@ class Plan:
     # (``search run --early-stop``): on, off, or shadow (records where it would stop, to
     # count false stops); results files from before 2026-12-04 have no such key: off
     early_stop: str = "on"
+    # the searches' ``--accuracy-rule``; the picks under every rule are reported from the
+    # same trials either way (``benchmarks.rules``)
+    accuracy_rule: str = "point"
 
 
 def quick_plan(device: str, runtime: str) -> Plan:
@@ -132,8 +144,11 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
         anchor_p50_ms=base_ms,
         levers=LeverSettings(fixed=plan.fixed),
         early_stop=plan.early_stop,
+        accuracy_rule=plan.accuracy_rule,
     )
     say(f"baseline p50 {base_ms:.4f} ms; budgets {', '.join(f'{b:g}x' for b in plan.budgets)}")
+    # the baseline's right/wrong per test image: every candidate's paired test delta
+    base_test = test_scores([baseline], task, runtime=plan.runtime, device=plan.device)[0]
 
     clock = time.perf_counter()
     studies: list[optuna.Study] = []
@@ -150,7 +165,9 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
             )
             study = _search(config, task, say)
             studies.append(study)
-            entry = _compression_entry(study, task, config, folder, f"best at {share:g}x")
+            entry = _compression_entry(
+                study, task, config, folder, f"best at {share:g}x", base_test.correct
+            )
             if "trial" in entry:
                 target = trial_target(
                     study, entry["trial"], config.mlflow_uri, folder / study.study_name
@@ -247,15 +264,25 @@ def run_benchmark(plan: Plan, work: Path, say: Say) -> dict[str, Any]:
 
 
 def _compression_entry(
-    study: optuna.Study, task: Task, config: SearchConfig, folder: Path, label: str
+    study: optuna.Study,
+    task: Task,
+    config: SearchConfig,
+    folder: Path,
+    label: str,
+    base_correct: np.ndarray | None,
 ) -> dict[str, Any]:
-    """One compression search: its counts, every feasible trial on the test split, and
-    its best feasible trial (named ``label, seed N (trial M)``) or its nearest misses."""
+    """One compression search: its counts, every trial feasible under either accuracy rule
+    on the test split, and its best feasible trial (named ``label, seed N (trial M)``) or
+    its nearest misses. The pick is made under the study's rule; beside it, the pick (and
+    promote's) under every rule, re-judged from the same trials (``benchmarks.rules``)."""
     best = best_feasible(study)
+    candidates = feasible_on_test(study, task, config, folder / study.study_name, base_correct)
     entry: dict[str, Any] = {
         "trials": len(study.trials),
         "feasible": sum(is_feasible(t) for t in study.trials),
-        "candidates": feasible_on_test(study, task, config, folder / study.study_name),
+        "accuracy_rule": study_rule(study),
+        "picks": {rule: _picks(study, rule) for rule in ACCURACY_RULES},
+        "candidates": candidates,
         "rungs": rung_counts(study, config.finetune_epochs),
     }
     if best is None:
@@ -269,6 +296,16 @@ def _compression_entry(
         "params": best.params,
         "name": name,
     }
+
+
+def _picks(study: optuna.Study, rule: str) -> dict[str, int | None]:
+    """Under ``rule``: the benchmark's pick and ``search promote``'s default (None: none)."""
+    best = best_feasible(study, rule)
+    try:
+        promoted: int | None = choose_trial(study, None, rule=rule).number
+    except ConfigError:  # nothing feasible under this rule
+        promoted = None
+    return {"trial": None if best is None else best.number, "promote_trial": promoted}
 
 
 def over_seeds(
@@ -293,15 +330,16 @@ def over_seeds(
     return summary
 
 
-def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+def best_feasible(study: optuna.Study, rule: str | None = None) -> optuna.trial.FrozenTrial | None:
     """The feasible trial furthest from the baseline in speed and size together.
 
-    Feasible already means within the accuracy drop and under the budget; among those, the
-    largest product of ×faster and ×smaller (the geometric mean of the two gains), then
-    the more accurate. None when nothing is feasible.
+    Feasible already means within the accuracy drop (read by ``rule``, None: the study's
+    ``--accuracy-rule``) and under the budget; among those, the largest product of ×faster
+    and ×smaller (the geometric mean of the two gains), then the more accurate. None when
+    nothing is feasible.
     """
     base = baseline_trial(study)
-    feasible = [t for t in study.trials if is_feasible(t) and not t.user_attrs.get("baseline")]
+    feasible = [t for t in feasible_by(study, rule) if not t.user_attrs.get("baseline")]
     if base is None or not feasible:
         return None
 
@@ -351,25 +389,51 @@ def fine_tuned_name(pick: str, epochs: int) -> str:
 
 
 def feasible_on_test(
-    study: optuna.Study, task: Task, config: SearchConfig, folder: Path
+    study: optuna.Study,
+    task: Task,
+    config: SearchConfig,
+    folder: Path,
+    base_correct: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Every feasible trial with its test-split accuracy beside the validation figure it
-    was chosen on (the search's own latency and size ratios): how far the choice holds."""
+    """Every trial feasible under either accuracy rule, with its test-split accuracy beside
+    the validation figures it was chosen on (the search's own latency and size ratios, the
+    paired validation interval) and, given the baseline's right/wrong per test image, its
+    paired test delta: how far the choice holds."""
     base = baseline_trial(study)
+    feasible = {rule: {t.number for t in feasible_by(study, rule)} for rule in ACCURACY_RULES}
     rows = []
     for trial in study.trials:
-        if base is None or not is_feasible(trial) or trial.user_attrs.get("baseline"):
+        if base is None or trial.user_attrs.get("baseline"):
+            continue
+        if not any(trial.number in numbers for numbers in feasible.values()):
             continue
         target = trial_target(study, trial.number, config.mlflow_uri, folder)
-        test = evaluate(
+        outputs, targets = predict(
             target.artifact,
             task.data("test"),
-            task.metric,
             runtime=config.runtime,
             device=config.device,
             threads=os.cpu_count() or 1,
         )
-        rows.append({**_figures(trial, base), "test_accuracy": test})
+        test = task.metric(outputs, targets)
+        correct = per_example_correct(outputs, targets, test)
+        row = {
+            **_figures(trial, base),
+            **{k: trial.user_attrs[k] for k in INTERVAL_KEYS if k in trial.user_attrs},
+            "feasible_under": [
+                rule for rule, numbers in feasible.items() if trial.number in numbers
+            ],
+            "test_accuracy": test,
+        }
+        if correct is not None and base_correct is not None:
+            paired = paired_delta(base_correct, correct)
+            row |= {
+                "test_delta_points": paired.delta_points,
+                "test_delta_ci_points": [paired.low_points, paired.high_points],
+                "test_lost": paired.lost,
+                "test_gained": paired.gained,
+            }
+        rows.append(row)
     return rows
 
 

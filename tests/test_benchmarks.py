@@ -81,6 +81,62 @@ def test_best_feasible_is_the_largest_speed_and_size_gain() -> None:
     assert best_feasible(_study([base, tiny_but_slow])) is None
 
 
+def test_the_confident_rule_passes_over_a_pick_whose_interval_reaches_below_the_drop() -> None:
+    base = _trial((0.99, 0.6, 1.0), feasible=False, baseline=True)
+    base.user_attrs["delta_ci_low_points"] = 0.0
+    # half a point down, but its paired interval reaches 1.7 points down: past the drop of 1
+    lucky = _trial((0.985, 0.29, 0.125))
+    lucky.user_attrs["delta_ci_low_points"] = -1.7
+    sure = _trial((0.99, 0.2, 0.5))  # no change, the interval within 0.6 points
+    sure.user_attrs["delta_ci_low_points"] = -0.6
+    study = _study([base, lucky, sure])
+    assert best_feasible(study).values == lucky.values  # the study's rule: point
+    assert best_feasible(study, "point").values == lucky.values
+    assert best_feasible(study, "confident").values == sure.values
+    from search.registry.promote import choose_trial
+
+    assert choose_trial(study, None, rule="confident").number == 2
+    # a confident study: feasibility is its trials' constraints; the pick the highest low end
+    study.set_user_attr("accuracy_rule", "confident")
+    assert choose_trial(study, None).values == sure.values
+
+
+def test_the_report_compares_both_rules_picks_on_test() -> None:
+    from benchmarks.rules import rule_rows, rule_summary
+
+    results = _results(faster_student=1.5, hv_random=0.25)
+    search = results["compression"]["0.5x"]["seeds"][0]
+    search["accuracy_rule"] = "point"
+    search["picks"] = {
+        "point": {"trial": 3, "promote_trial": 1},
+        "confident": {"trial": 1, "promote_trial": 1},
+    }
+    search["candidates"] = [
+        {"trial": 1, "accuracy": 0.99, "delta_points": 0.0, "delta_ci_low_points": -0.56,
+         "delta_ci_high_points": 0.56, "test_accuracy": 0.987, "test_delta_points": -0.28,
+         "test_delta_ci_points": [-0.84, 0.28], "faster": 2.0, "smaller": 5.0},
+        {"trial": 3, "accuracy": 0.985, "delta_points": -0.56, "delta_ci_low_points": -1.39,
+         "delta_ci_high_points": 0.28, "test_accuracy": 0.97, "test_delta_points": -1.67,
+         "test_delta_ci_points": [-2.78, -0.56], "faster": 2.0, "smaller": 5.0},
+    ]  # fmt: skip
+    rows = rule_rows(results)
+    point, confident = rows[0], rows[1]
+    assert (point["rule"], point["trial"], point["inside"]) == ("point", 3, False)
+    assert (confident["trial"], confident["inside"]) == (1, True)
+    summary = rule_summary(rows)["0.5x"]
+    assert summary["point"] == {
+        "searches": 1, "picks": 1, "inside": 0, "judged": 1,
+        "test_delta_points": [-1.67, -1.67, -1.67],
+    }  # fmt: skip
+    assert summary["confident"]["inside"] == 1
+    text = render_markdown(results, "plot.png")
+    assert "## Accuracy rules: point against confident" in text
+    assert "| 0.5x | point | 1 of 1 | -1.67 (-1.67 to -1.67) | 0 of 1 |" in text
+    assert "| 0.5x | 0 | point | trial 3 | -0.56 (-1.39, +0.28) | -1.67 | no |" in text
+    assert "  | 3 (point pick) | 0.9850 (-0.56 (-1.39, +0.28)) | 0.9700 (-1.67 (-2.78, -0.56)) |" in text  # fmt: skip  # noqa: E501
+    assert "  | 1 (point promote, confident pick, confident promote) |" in text
+
+
 def test_with_nothing_feasible_the_nearest_misses_say_by_how_much() -> None:
     base = _trial((0.99, 0.6, 1.0), feasible=False, baseline=True)
     fast_but_poor = _trial((0.95, 0.12, 0.1), feasible=False)
@@ -453,35 +509,6 @@ def _matmul_file(path, width: int):
     )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
     return Artifact(path=path, scheme="fp32")
-
-
-def test_a_paired_delta_counts_images_lost_and_gained_and_brackets_the_delta() -> None:
-    from benchmarks.paired import paired_delta
-
-    base = np.ones(360, dtype=bool)
-    base[:2] = False  # the baseline misses two images
-    model = base.copy()
-    model[2:8] = False  # six more missed
-    model[0] = True  # one the baseline missed
-    delta = paired_delta(base, model)
-    assert (delta.lost, delta.gained, delta.total) == (6, 1, 360)
-    assert delta.delta_points == pytest.approx(-500 / 360)
-    # five images net of 360: the interval reaches about two images either side
-    assert -4 < delta.low_points < delta.delta_points < delta.high_points < 0.6
-    same = paired_delta(base, base)
-    assert (same.lost, same.gained, same.low_points, same.high_points) == (0, 0, 0.0, 0.0)
-    with pytest.raises(ValueError):
-        paired_delta(base, model[:10])
-
-
-def test_right_or_wrong_only_where_the_metric_is_top1_accuracy() -> None:
-    from benchmarks.side_by_side import right_or_wrong
-
-    outputs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
-    targets = np.array([0, 1, 1, 1])
-    assert right_or_wrong(outputs, targets, 0.75).tolist() == [True, True, False, True]
-    assert right_or_wrong(outputs, targets, 0.8) is None  # another metric (say, macro F1)
-    assert right_or_wrong(outputs[:, 0], targets, 0.75) is None  # not class scores
 
 
 def test_each_round_times_every_model_in_a_fresh_process(tmp_path) -> None:

@@ -55,6 +55,17 @@ def test_promotion_registers_a_champion_that_loads_back_with_its_accuracy(
     assert {"model.onnx", "card.json", "card.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
     card = json.loads((tmp_path / "out" / "card.json").read_text())
     assert card["latency"]["threads"] == 1 and "cpu_model" in card["hardware"]
+    # the pick's rule, the test accuracy's interval, the paired test delta against the
+    # baseline's file on the same test examples, and the validation figures it was chosen on
+    assert card["chosen_by"].startswith("default pick, accuracy rule point")
+    low, high = card["test_accuracy_ci"]
+    assert low <= card["test_accuracy"] <= high
+    assert {"delta_points", "delta_ci_low_points", "examples_lost", "mcnemar_p"} <= set(
+        card["test_delta"]
+    )
+    assert card["validation"]["delta_points"] == best.user_attrs["delta_points"]
+    text = (tmp_path / "out" / "card.md").read_text()
+    assert "against the baseline on test" in text and "95% interval" in text
 
     mlflow.set_tracking_uri(config.mlflow_uri)
     client = MlflowClient(tracking_uri=config.mlflow_uri)
@@ -79,6 +90,8 @@ def test_promotion_registers_a_champion_that_loads_back_with_its_accuracy(
     assert worst.values[0] < best.values[0] - 0.05  # pruned and not fine-tuned
     refused = promote_in(config, study, tiny_task, trial_number=worst.number)
     assert not refused.champion and "below the champion's" in refused.reason
+    assert refused.card.chosen_by == f"--trial {worst.number}"
+    assert refused.card.test_delta["examples_lost"] > 0
     assert str(client.get_model_version_by_alias("tiny", "champion").version) == first.version
 
     # Another model: the worse trial is its first champion; the better one then takes over.
@@ -102,6 +115,25 @@ def test_a_study_without_a_feasible_trial_is_refused_with_figures(home, tiny_tas
     )  # fmt: skip
     assert refused.returncode == 2 and "budget" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_the_confident_pick_is_the_highest_lower_end_among_those_feasible_by_it(
+    searched,
+) -> None:
+    from search.registry.promote import choose_trial
+    from search.track.trials import baseline_trial, feasible_under
+
+    _, study = searched
+    base = baseline_trial(study)
+    assert base is not None
+    judged = {"baseline_accuracy": base.values[0], "max_drop": 1.0}
+    sure = [t for t in study.trials if feasible_under(t, "confident", **judged)]
+    pick = choose_trial(study, None, rule="confident")
+    assert pick.user_attrs["delta_ci_low_points"] == max(
+        t.user_attrs["delta_ci_low_points"] for t in sure
+    )
+    with pytest.raises(ConfigError, match="--accuracy-rule"):
+        choose_trial(study, None, rule="lucky")
 
 
 def test_status_and_pareto_print_tables_and_json(searched) -> None:

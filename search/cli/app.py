@@ -121,6 +121,14 @@ def run(
             "one point of accuracy)."
         ),
     ] = None,
+    accuracy_rule: Annotated[
+        str | None,
+        typer.Option(
+            help="point (the default): feasible when the validation accuracy is within "
+            "--max-accuracy-drop of the baseline's; confident: when the lower end of its "
+            "paired 95% interval against the baseline is. Kept by the study.",
+        ),
+    ] = None,
     latency_first: Annotated[
         bool | None,
         typer.Option(
@@ -210,6 +218,7 @@ def run(
         "objective": objective,
         "finetune-epochs": finetune_epochs,
         "max-accuracy-drop": max_accuracy_drop,
+        "accuracy-rule": accuracy_rule,
         "latency-first": latency_first,
         "early-stop": early_stop,
         "rungs": rungs,
@@ -254,6 +263,7 @@ def run(
         f"in {search_config.runtime} ({threads_used} thread{'s' if threads_used > 1 else ''}, "
         f"batch {search_config.batch_size}"
         + (", objective throughput" if search_config.objective == "throughput" else "")
+        + (", accuracy rule confident" if search_config.accuracy_rule == "confident" else "")
         + (f", {search_config.workers} workers)" if search_config.workers > 1 else ")")
     )
     with TrialProgress(console, total=search_config.trials) as progress:
@@ -422,6 +432,9 @@ def pareto_command(
             baseline_ms=attrs.get("anchor_p50_ms"),
         )
         title += f", budget {shown}"
+    from search.track.trials import study_rule
+
+    title += f", accuracy rule {study_rule(loaded)}"
     throughput = loaded.user_attrs.get("objective") == "throughput"
     table = front_table(rows, title, show_throughput=throughput)
     Console().print(table if rows else "no feasible trial yet")
@@ -449,6 +462,14 @@ def promote_command(
     export: Annotated[
         Path | None, typer.Option(help="Also write the model file and its card to this folder.")
     ] = None,
+    accuracy_rule: Annotated[
+        str | None,
+        typer.Option(
+            help="The default pick's rule (default: the study's --accuracy-rule): point, the "
+            "most accurate feasible trial; confident, the highest lower end of the paired "
+            "95% interval among those feasible by it."
+        ),
+    ] = None,
     task: TaskOption = None,
     storage: StorageOption = None,
     tracking_uri: TrackingOption = None,
@@ -462,6 +483,12 @@ def promote_command(
 
     if not 0 <= tolerance < 1:
         raise ConfigError(f"--tolerance {tolerance:g}: a drop in the metric from 0 to 1")
+    from search.track.trials import ACCURACY_RULES
+
+    if accuracy_rule is not None and accuracy_rule not in ACCURACY_RULES:
+        raise ConfigError(
+            f"--accuracy-rule {accuracy_rule!r} is unknown: use {' or '.join(ACCURACY_RULES)}"
+        )
     config = SearchConfig(
         task=task or "digits", storage=storage, tracking_uri=tracking_uri, home=Path.cwd()
     )
@@ -478,6 +505,7 @@ def promote_command(
         force=force,
         lock_dir=config.studies_dir / "locks",
         export_dir=export,
+        rule=accuracy_rule,
     )
     console = Console()
     card = result.card
@@ -487,10 +515,16 @@ def promote_command(
             f"{result.version}: nothing to do"
         )
     else:
+        from search.measure.intervals import show_delta
+
+        delta, against = card.test_delta, ""
+        if "delta_points" in delta:
+            low, high = delta["delta_ci_low_points"], delta["delta_ci_high_points"]
+            against = f" (Δ {show_delta(delta['delta_points'], low, high)} points)"
         console.print(
             f"registered {result.model_name} version {result.version} (alias challenger): "
-            f"trial {card.trial}, test accuracy {card.test_accuracy:.4f}, "
-            f"p50 {card.latency['p50_ms']:.4f} ms, {card.size_bytes / 1e6:.3f} MB"
+            f"trial {card.trial} ({card.chosen_by}), test accuracy {card.test_accuracy:.4f}"
+            f"{against}, p50 {card.latency['p50_ms']:.4f} ms, {card.size_bytes / 1e6:.3f} MB"
         )
         console.print(result.reason)
     if export is not None:

@@ -84,6 +84,12 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
         reasons.append("below accuracy floor" + (f": {kind}" if stopped else ""))
     feasible = " and ".join(reasons) or "feasible"
     acc = f"acc {accuracy:.4f}" + (" (untuned)" if untuned else " (eager)" if stopped else "")
+    attrs = trial.user_attrs
+    if not untuned and attrs.get("delta_points") is not None:
+        from search.measure.intervals import show_delta
+
+        low, high = attrs.get("delta_ci_low_points"), attrs.get("delta_ci_high_points")
+        acc += f" Δ {show_delta(attrs['delta_points'], low, high)}"
     return f"{name}  {acc}  p50 {p50:.3f} ms  {size:.3f} MB  {feasible},"
 
 
@@ -94,32 +100,39 @@ def front_table(
     show_over_budget: bool = False,
     show_throughput: bool = False,
 ) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    from search.track.pareto import shown_delta
+
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+        collapse_padding=True,
+    )  # fmt: skip
     table.add_column("#", justify="right")
     table.add_column("candidate", overflow="fold", min_width=10, ratio=1)
-    # p95 and the rest are in pareto.csv and MLflow; the table must fit 80 columns, so a
-    # throughput study shows items/s where the others show MMACs (rich drew nothing but
-    # "..." at 80 columns with both).
-    last = "items/s" if show_throughput else "MMACs"
-    for column in ("acc", "Δ pts", "p50 ms", "faster", "MB", "smaller", last):
+    # p95 and the rest are in pareto.csv and MLflow; the table must fit 80 columns, so the
+    # last column is one of MMACs, items/s (a throughput study) or how far over the budget
+    # (the nearest misses): rich drew nothing but "..." at 80 columns with two of them.
+    # Δ with its paired 95% interval against the baseline (search.measure.intervals), the
+    # interval on a second line: "-0.6" points down may be anywhere from -1.4 to +0.3.
+    last = "over ms" if show_over_budget else "items/s" if show_throughput else "MMACs"
+    for column in ("acc", "Δ pts (95%)", "p50 ms", "faster", "MB", "smaller", last):
         table.add_column(column, justify="right", no_wrap=True)
-    if show_over_budget:
-        table.add_column("over ms", justify="right", no_wrap=True)
     for row in rows:
-        over = [f"{row.over_budget_ms:+.3f}"] if show_over_budget else []
+        if show_over_budget:
+            last_cell = f"{row.over_budget_ms:+.3f}"
+        elif show_throughput:
+            last_cell = _ratio(row.throughput_per_s, fmt="{:.0f}")
+        else:
+            last_cell = f"{row.macs / 1e6:.1f}"
         table.add_row(
             str(row.number),
             row.name.split(" ", 1)[-1],
             f"{row.accuracy:.4f}",
-            _ratio(row.accuracy_delta, scale=100, fmt="{:+.1f}"),
+            shown_delta(row).replace(" (", "\n(", 1),
             f"{row.latency_p50_ms:.3f}",
             _ratio(row.speedup, fmt="{:.2f}×"),
             f"{row.size_mb:.3f}",
             _ratio(row.shrink, fmt="{:.2f}×"),
-            _ratio(row.throughput_per_s, fmt="{:.0f}")
-            if show_throughput
-            else f"{row.macs / 1e6:.1f}",
-            *over,
+            last_cell,
         )
     return table
 
@@ -282,6 +295,7 @@ def print_status(console: Console, summary: dict) -> None:
         ("task", str(summary["task"])),
         ("target", f"{summary['device']}, {summary['runtime']}"),
         ("budget p50", _status_budget(summary)),
+        ("accuracy rule", _status_rule(summary)),
         ("trials", f"{summary['trials']} ({states or 'none'})"),
         ("feasible", str(summary["feasible"])),
         ("stopped before fine-tuning", str(summary["stopped_before_fine_tuning"])),
@@ -294,14 +308,39 @@ def print_status(console: Console, summary: dict) -> None:
             rows.append((
                 label.replace("_", " "),
                 f"trial {figures['trial']} {figures['name']}: accuracy "
-                f"{figures['accuracy']:.4f}, p50 {figures['latency_p50_ms']:.3f} ms, "
-                f"{figures['size_mb']:.3f} MB",
+                f"{figures['accuracy']:.4f}{_status_delta(figures)}, p50 "
+                f"{figures['latency_p50_ms']:.3f} ms, {figures['size_mb']:.3f} MB",
             ))  # fmt: skip
     if summary["hosts"]:
         rows.append(("hosts", ", ".join(summary["hosts"])))
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def _status_rule(summary: dict) -> str:
+    drop = summary.get("max_accuracy_drop")
+    within = "" if drop is None else f" within {100 * drop:g} points of the baseline"
+    if summary.get("accuracy_rule") == "confident":
+        return "confident: the paired 95% interval's lower end" + within
+    return "point: the validation accuracy" + within
+
+
+def _status_delta(figures: dict) -> str:
+    """`` (Δ -0.6 (-1.4, +0.3) points, 3 lost / 1 gained)`` where the trial recorded it."""
+    from search.measure.intervals import show_delta
+
+    if figures.get("delta_points") is None:
+        return ""
+    delta = show_delta(
+        figures["delta_points"],
+        figures.get("delta_ci_low_points"),
+        figures.get("delta_ci_high_points"),
+    )
+    return (
+        f" (Δ {delta} points, {figures.get('examples_lost')} lost / "
+        f"{figures.get('examples_gained')} gained)"
+    )
 
 
 def _status_budget(summary: dict) -> str:

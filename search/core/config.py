@@ -8,6 +8,7 @@ from pathlib import Path
 
 from search.common.errors import ConfigError
 from search.core.levers import LeverSettings
+from search.track.trials import ACCURACY_RULES
 
 _UNIT_TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 _LATENCY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|us|µs|s)\s*$")
@@ -122,6 +123,10 @@ class SearchConfig:
             then mix two machines' figures; refused by default).
         max_accuracy_drop: how far below the baseline's metric a candidate may fall and
             still count as feasible, in the metric's units (0.01 = one point of accuracy).
+        accuracy_rule: ``point`` (the default): a candidate's validation accuracy is within
+            ``max_accuracy_drop`` of the baseline's; ``confident``: the lower end of its
+            paired 95% interval against the baseline is (``search.measure.intervals``), so
+            a lucky reading on a small split does not make a candidate feasible. Per study.
         sensitivity: a ``sensitivity.json`` from ``search sensitivity``: each layer is
             pruned at most to the largest ratio it took alone within
             ``sensitivity_tolerance`` points (``search.core.sensitivity.layer_caps``).
@@ -155,6 +160,7 @@ class SearchConfig:
     # puts infeasible trials in its "bad" group, so small but ruined models stop attracting
     # the search the way they do as members of an accuracy-size-latency front.
     max_accuracy_drop: float = 0.01
+    accuracy_rule: str = "point"
     latency_first: bool = True
     early_stop: str = "on"
     # After two of the ten epochs: the cosine schedule has spent a tenth of its steps at
@@ -226,6 +232,11 @@ class SearchConfig:
             raise ConfigError(
                 f"--rung-margin {self.rung_margin:g} must be from 0 to below 1 (the metric's "
                 "units: 0.05 is five points of accuracy)"
+            )
+        if self.accuracy_rule not in ACCURACY_RULES:
+            raise ConfigError(
+                f"--accuracy-rule {self.accuracy_rule!r} is unknown: use point (the accuracy "
+                "within the drop) or confident (its paired 95% interval's lower end within it)"
             )
         if self.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs {self.finetune_epochs} must be 0 or more")

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import optuna
 import torch
 from torch import nn
 
+from search.common.errors import StudyError
 from search.core.escalation import escalate_reference
 from search.core.phases import PhaseClock
 from search.core.rungs import RungRule, judge, peer_readings
@@ -45,6 +47,7 @@ from search.core.space import (
     training_techniques,
 )
 from search.measure.artifact import Artifact
+from search.measure.intervals import accuracy_figures, per_example_correct
 from search.measure.latency import (
     MIN_REPEATS,
     Anchor,
@@ -53,7 +56,8 @@ from search.measure.latency import (
     measurement_lock,
 )
 from search.measure.onnx_runtime import compact_names
-from search.measure.runtimes import ONNXRUNTIME, evaluate, export, formats, graph_signature
+from search.measure.runtimes import ONNXRUNTIME, export, formats, graph_signature
+from search.measure.runtimes import predict as predict_file
 from search.track.tracker import STUDY_TAG, TRIAL_TAG, Tracker
 from search.track.trials import (
     ACCURACY_CONSTRAINT_KEY,
@@ -63,6 +67,7 @@ from search.track.trials import (
     RUNG_ATTR,
     STOPPED_ATTR,
     WOULD_STOP_ATTR,
+    accuracy_below_floor,
     stopped_kind,
 )
 from search.train.loop import Recipe, fit, predict, recovery_lr
@@ -100,6 +105,10 @@ class TrialSettings:
     anchor: Anchor | None = None
     # successive halving over the fine-tune's epochs (``search.core.rungs``); None: off
     rungs: RungRule | None = None
+    accuracy_rule: str = "point"  # how the accuracy floor reads a candidate (track/trials.py)
+    # the baseline file's right/wrong per validation example (core/baseline_record.py), so a
+    # trial's paired delta costs only its own evaluation; None: not top-1 accuracy
+    baseline_correct: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -209,7 +218,7 @@ class TrialObjective:
             escalate_reference(
                 trial,
                 over_budget_ms,
-                feasible=over_budget_ms <= 0 and values[0] >= self.settings.accuracy_floor,
+                feasible=bool(trial.user_attrs.get("feasible")),
                 fixed=self.settings.fixed_names,
                 formats=formats(self.settings.runtime, self.settings.device),
             )
@@ -351,9 +360,23 @@ class TrialObjective:
         """Accuracy of ``artifact`` (unless a stopped fine-tune's reading is given), the
         constraints, user attrs and the MLflow run."""
         self.last_model = model
+        correct = None  # per example: none for a stopped fine-tune's eager reading
         if accuracy is None:
             with self._clock.phase("evaluate"):
-                accuracy = self._accuracy(artifact)
+                accuracy, correct = self._accuracy(artifact)
+        # its interval, and the paired delta against the baseline on the same examples
+        base_correct = self.settings.baseline_correct
+        if (
+            base_correct is not None
+            and correct is not None
+            and base_correct.shape != correct.shape
+        ):
+            raise StudyError(
+                f"the baseline's validation record has {base_correct.size} examples, this "
+                f"validation split {correct.size}: the task's split changed; delete "
+                "studies/records/<study>/baseline-val.npz to measure the baseline again"
+            )
+        figures = {} if correct is None else accuracy_figures(correct, base_correct).as_dict()
         with self._clock.phase("count_macs"):
             # thop traces a forward pass (0.2 s here); the count depends only on the layers
             # and their shapes, which many trials share (one pruning, two number formats)
@@ -362,7 +385,14 @@ class TrialObjective:
                 self._macs[layers] = count_macs_and_params(model, self.task.example_inputs(1))
             macs, n_params = self._macs[layers]
         over_budget_ms = latency.p50_ms - self.settings.latency_budget_ms
-        below_floor = self.settings.accuracy_floor - accuracy
+        low = figures.get("delta_ci_low_points")
+        below_floor = accuracy_below_floor(
+            self.settings.accuracy_rule,
+            accuracy=accuracy,
+            floor=self.settings.accuracy_floor,
+            baseline_accuracy=float(base_correct.mean()) if base_correct is not None else accuracy,
+            delta_low_points=None if low is None else float(low),
+        )
         trial.set_constraint(CONSTRAINT_KEY, over_budget_ms)
         # A draft's accuracy before fine-tuning says nothing about the candidate's: it is not
         # held against it (the sampler ranks infeasible trials by their summed violations,
@@ -388,6 +418,7 @@ class TrialObjective:
             "below_accuracy_floor": below_floor,
             "feasible": feasible,
             "trial_seconds": time.perf_counter() - started,
+            **figures,
         }
         if latency.raw_p50_ms is not None:  # anchored: its own p50 and the baseline's, in turn
             metrics["latency_raw_p50_ms"] = latency.raw_p50_ms
@@ -418,17 +449,19 @@ class TrialObjective:
         self.link.tracker.log_artifact(run_id, artifact.path, folder="model")
         return accuracy, latency.p50_ms, size_mb
 
-    def _accuracy(self, artifact: Artifact) -> float:
-        """The task metric of the deployed file in its runtime, on the validation split."""
-        return evaluate(
+    def _accuracy(self, artifact: Artifact) -> tuple[float, np.ndarray | None]:
+        """The task metric of the deployed file in its runtime, on the validation split,
+        and from the same outputs which examples it gets right (None: not top-1 accuracy)."""
+        outputs, targets = predict_file(
             artifact,
             self.task.data("val"),
-            self.task.metric,
             runtime=self.settings.runtime,
             device=self.settings.device,
             threads=self.settings.eval_threads,
             batch_size=self.settings.batch_size,
         )
+        metric = self.task.metric(outputs, targets)
+        return metric, per_example_correct(outputs, targets, metric)
 
     def _fine_tuned(
         self,

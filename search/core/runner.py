@@ -15,11 +15,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from torch import nn
 
 from search.common import interrupt
 from search.common.errors import ConfigError
+from search.core.baseline_record import (
+    BaselineRecord,
+    baseline_digest,
+    baseline_on_validation,
+    record_path,
+)
 from search.core.config import SearchConfig, format_ms
 from search.core.levers import (
     SpaceRow,
@@ -42,8 +49,9 @@ from search.core.workers import (
     trial_shares,
 )
 from search.measure.artifact import Artifact
+from search.measure.intervals import per_example_correct
 from search.measure.latency import Anchor, hardware_fingerprint, measure_latency
-from search.measure.runtimes import check_target, evaluate
+from search.measure.runtimes import check_target, predict
 from search.tasks.loader import build_model, load_task
 from search.track.pareto import (
     FrontRow,
@@ -110,15 +118,8 @@ def _run_search(
     ctx, notes, fixed = prepared.ctx, prepared.not_applicable, prepared.fixed
     base_model = ctx.base_model
     base_artifact = deploy_baseline(base_model, task, scratch, config.runtime)
-    baseline_accuracy = evaluate(
-        base_artifact,
-        task.data("val"),
-        task.metric,
-        runtime=config.runtime,
-        device=config.device,
-        threads=os.cpu_count() or 1,
-        batch_size=config.batch_size,
-    )
+    record = _baseline_record(config, task, base_model, base_artifact)
+    baseline_accuracy = record.metric
     stored = stored_figures(config, task.name)
     measured: dict[str, float] = {}
     if config.latency_anchor or config.latency_budget_factor is not None:
@@ -167,6 +168,7 @@ def _run_search(
             budget_ms=config.latency_budget_ms,
             accuracy_floor=baseline_accuracy - config.max_accuracy_drop,
             anchor=anchor,
+            baseline_correct=record.correct,
         )
         if config.workers == 1:
             link = RunLink(tracker, experiment_id, parent_run_id, study.study_name)
@@ -247,6 +249,7 @@ def trial_settings(
     latency_first: bool | None = None,
     early_stop: bool = True,
     anchor: Anchor | None = None,
+    baseline_correct: np.ndarray | None = None,
 ) -> TrialSettings:
     """What every trial of this invocation needs to know, from the config and the space.
 
@@ -269,6 +272,8 @@ def trial_settings(
         layer_caps=prepared.ctx.layer_caps,
         fixed_names=frozenset(prepared.fixed),
         anchor=anchor,
+        accuracy_rule=config.accuracy_rule,
+        baseline_correct=baseline_correct,
         rungs=rung_rule(config) if early_stop else None,
     )
 
@@ -305,6 +310,40 @@ def search_space(config: SearchConfig, task: Task) -> tuple[list[SpaceRow], dict
     prepared = prepare_space(config, task)
     rows = space_rows(prepared.ctx, prepared.space, prepared.fixed, config.levers.off)
     return rows, prepared.not_applicable
+
+
+def _baseline_record(
+    config: SearchConfig, task: Task, base_model: nn.Module, base_artifact: Artifact
+) -> BaselineRecord:
+    """The baseline file's validation metric and per-example right/wrong: the study's
+    record, or measured now (once per study) exactly as a trial measures its file.
+
+    ``--accuracy-rule confident`` needs the per-example record; a task whose metric is not
+    top-1 accuracy has none, and is refused here, before the study is opened.
+    """
+
+    def measure() -> tuple[float, np.ndarray | None]:
+        outputs, targets = predict(
+            base_artifact,
+            task.data("val"),
+            runtime=config.runtime,
+            device=config.device,
+            threads=os.cpu_count() or 1,
+            batch_size=config.batch_size,
+        )
+        metric = task.metric(outputs, targets)
+        return metric, per_example_correct(outputs, targets, metric)
+
+    path = record_path(config.studies_dir, config.resolved_study_name(task.name))
+    digest = baseline_digest(base_model, runtime=config.runtime, device=config.device)
+    record = baseline_on_validation(path, digest, measure)
+    if config.accuracy_rule == "confident" and record.correct is None:
+        raise ConfigError(
+            f"--accuracy-rule confident: task {task.name!r}'s metric is not top-1 accuracy, "
+            "so there is no per-example right or wrong to pair with the baseline; use "
+            "--accuracy-rule point"
+        )
+    return record
 
 
 def _anchor_p50_ms(

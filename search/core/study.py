@@ -34,8 +34,11 @@ _IDENTITY_KEYS = (
     "threads",
     "batch_size",
     "max_accuracy_drop",
+    "accuracy_rule",
     "latency_anchor",
 )
+# What a study created before a key was recorded was run with.
+_BEFORE_RECORDED = {"accuracy_rule": "point"}
 
 
 def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
@@ -48,6 +51,7 @@ def study_identity(config: SearchConfig, task_name: str) -> dict[str, Any]:
         "threads": config.threads,
         "batch_size": config.batch_size,
         "max_accuracy_drop": config.max_accuracy_drop,
+        "accuracy_rule": config.accuracy_rule,
         "latency_anchor": config.latency_anchor,
     }
 
@@ -239,8 +243,9 @@ def _check_hardware(name: str, stored: Mapping[str, str] | None, here: Mapping[s
 
 def _check_identity(name: str, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     for key in _IDENTITY_KEYS:
-        if key in stored and stored[key] != wanted[key]:
-            shown = format_ms(stored[key]) if key == "latency_budget_ms" else stored[key]
+        had = stored.get(key, _BEFORE_RECORDED.get(key))
+        if (key in stored or key in _BEFORE_RECORDED) and had != wanted[key]:
+            shown = format_ms(had) if key == "latency_budget_ms" else had
             raise StudyError(
                 f"study {name!r} was created with {key}={shown}, this run asks for "
                 f"{wanted[key]}: repeat the original setting or choose a new --study"

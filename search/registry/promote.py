@@ -13,25 +13,38 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from search.common.errors import ConfigError
 from search.common.units import show_ms
 from search.core.profile import trial_target
+from search.measure.intervals import (
+    accuracy_figures,
+    per_example_correct,
+    show_delta,
+    show_interval,
+)
 from search.measure.latency import (
     LatencyStats,
     hardware_fingerprint,
     measure_latency,
     measurement_lock,
 )
-from search.measure.runtimes import evaluate
+from search.measure.runtimes import predict
 from search.track.pareto import nearest_trials
 from search.track.tracker import STUDY_TAG
-from search.track.trials import is_feasible
+from search.track.trials import (
+    ACCURACY_RULES,
+    INTERVAL_KEYS,
+    baseline_trial,
+    feasible_by,
+    study_rule,
+)
 from search.train.task import Task
 
 CHAMPION = "champion"
@@ -58,6 +71,15 @@ class PromotionCard:
     hardware: dict[str, str] = field(default_factory=dict)
     # layers left in float in an int8 file (``quant.fp_layers``), most int8-sensitive first
     float_layers: list[str] = field(default_factory=list)
+    # how the trial was chosen: "--trial N", or the default pick under an accuracy rule
+    chosen_by: str = ""
+    # on test, at promotion (search.measure.intervals): the Wilson interval of the accuracy,
+    # and against the baseline's file on the same test examples the paired delta in points
+    # with its interval, the examples lost and gained and McNemar's p
+    test_accuracy_ci: list[float] | None = None
+    test_delta: dict[str, float] = field(default_factory=dict)
+    # the same figures on validation, as the search recorded them
+    validation: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,9 +94,12 @@ class PromotionCard:
         lines = [
             f"# {self.model_name}: study {self.study}, trial {self.trial}",
             "",
-            f"- test accuracy: {self.test_accuracy:.4f} (held-out test split, deployed file "
-            f"in {latency['runtime']}); validation accuracy in the search: "
-            f"{self.validation_accuracy:.4f}",
+            *([f"- chosen by: {self.chosen_by}"] if self.chosen_by else []),
+            f"- test accuracy: {self.test_accuracy:.4f}{_ci(self.test_accuracy_ci)} "
+            f"(held-out test split, deployed file in {latency['runtime']}); validation "
+            f"accuracy in the search: {self.validation_accuracy:.4f}"
+            + _ci(_pair(self.validation, "accuracy_ci_low", "accuracy_ci_high")),
+            *_delta_lines(self.test_delta, self.validation),
             f"- latency p50 {latency['p50_ms']:.4f} ms, p95 {latency['p95_ms']:.4f} ms, "
             f"p99 {latency['p99_ms']:.4f} ms, std {latency['std_ms']:.4f} ms "
             f"(budget {show_ms(self.latency_budget_ms)}); measured at promotion: {protocol}",
@@ -95,6 +120,35 @@ class PromotionCard:
         return "\n".join(lines) + "\n"
 
 
+def _pair(figures: dict[str, float], low: str, high: str) -> list[float] | None:
+    return [figures[low], figures[high]] if low in figures and high in figures else None
+
+
+def _ci(pair: list[float] | None) -> str:
+    return "" if pair is None else f" (95% interval {show_interval(*pair)})"
+
+
+def _delta_lines(test: dict[str, float], validation: dict[str, float]) -> list[str]:
+    """The paired deltas against the baseline, on test and on validation, for the card."""
+    lines = []
+    for split, figures in (("test", test), ("validation", validation)):
+        if "delta_points" not in figures:
+            continue
+        delta = show_delta(
+            figures["delta_points"],
+            figures["delta_ci_low_points"],
+            figures["delta_ci_high_points"],
+            decimals=2,
+        )
+        p = f", McNemar p {figures['mcnemar_p']:.3g}" if "mcnemar_p" in figures else ""
+        lines.append(
+            f"- against the baseline on {split}: {delta} points (95% interval, paired over the "
+            f"same examples); {int(figures['examples_lost'])} examples lost, "
+            f"{int(figures['examples_gained'])} gained{p}"
+        )
+    return lines
+
+
 @dataclass(frozen=True)
 class Promotion:
     """What ``promote`` did: the version, whether it is now champion, and why (not)."""
@@ -107,15 +161,27 @@ class Promotion:
     already: bool = False
 
 
-def choose_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    """``number``, or the most accurate feasible trial (ties to the faster)."""
+def choose_trial(
+    study: optuna.Study, number: int | None, *, rule: str | None = None
+) -> optuna.trial.FrozenTrial:
+    """``number``, or the default pick under ``rule`` (None: the study's ``--accuracy-rule``).
+
+    ``point``: the most accurate feasible trial (ties to the faster). ``confident``: among
+    the trials feasible by the lower end of their paired interval, the one whose lower end
+    is highest (ties to the more accurate, then the faster): the candidate whose accuracy
+    is most surely kept, rather than the luckiest reading. A rule other than the study's
+    re-judges its trials from what they recorded (``feasible_under``).
+    """
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if number is not None:
         for trial in done:
             if trial.number == number:
                 return trial
         raise ConfigError(f"--trial {number}: study {study.study_name!r} has no completed trial")
-    feasible = [t for t in done if is_feasible(t)]
+    rule = rule or study_rule(study)
+    if rule not in ACCURACY_RULES:
+        raise ConfigError(f"--accuracy-rule {rule!r}: use one of {', '.join(ACCURACY_RULES)}")
+    feasible = feasible_by(study, rule)
     if not feasible:
         budget = float(study.user_attrs.get("latency_budget_ms", float("nan")))
         nearest = nearest_trials(study, count=1)
@@ -127,7 +193,26 @@ def choose_trial(study: optuna.Study, number: int | None) -> optuna.trial.Frozen
             f"{best.number}, runs at p50 {best.values[1]:.4f} ms against the {show_ms(budget)} "
             f"budget with accuracy {best.values[0]:.4f}; run more trials or pass --trial N"
         )
+    if rule == "confident":
+        return max(feasible, key=lambda t: (_low(t), t.values[0], -t.values[1]))
     return min(feasible, key=lambda t: (-t.values[0], t.values[1]))
+
+
+def _low(trial: optuna.trial.FrozenTrial) -> float:
+    low = trial.user_attrs.get("delta_ci_low_points")
+    return float("-inf") if low is None else float(low)
+
+
+def chosen_by(study: optuna.Study, number: int | None, rule: str | None) -> str:
+    """How ``choose_trial`` chose, in words, for the card and the command's output."""
+    if number is not None:
+        return f"--trial {number}"
+    if (rule or study_rule(study)) == "confident":
+        return (
+            "default pick, accuracy rule confident: feasible by the lower end of the paired "
+            "95% interval against the baseline on validation, the highest such lower end"
+        )
+    return "default pick, accuracy rule point: the most accurate feasible trial on validation"
 
 
 def promote(
@@ -142,11 +227,15 @@ def promote(
     force: bool,
     lock_dir: Path,
     export_dir: Path | None = None,
+    rule: str | None = None,
 ) -> Promotion:
-    """Re-validate, re-measure, register and (maybe) crown one trial; see the module doc."""
+    """Re-validate, re-measure, register and (maybe) crown one trial; see the module doc.
+
+    ``rule`` is the accuracy rule of the default pick (None: the study's own).
+    """
     from mlflow import MlflowClient
 
-    trial = choose_trial(study, trial_number)
+    trial = choose_trial(study, trial_number, rule=rule)
     name = model_name or study.study_name
     client = MlflowClient(tracking_uri=tracking_uri)
     if study.user_attrs.get("task") not in (None, task.name):
@@ -171,7 +260,10 @@ def promote(
                 f"ran in {study.user_attrs.get('runtime')}"
             )
         settings = _protocol(study)
-        test_accuracy = evaluate(artifact, task.data("test"), task.metric, **settings)
+        test_accuracy, correct = _on_test(artifact, task, settings)
+        test_figures = _test_figures(
+            study, trial, task, correct, settings, tracking_uri, Path(scratch)
+        )
         with measurement_lock(lock_dir, settings["device"]):
             latency = measure_latency(
                 artifact,
@@ -179,6 +271,12 @@ def promote(
                 **settings,
             )
         card = _card(study, trial, name, artifact.size_bytes, test_accuracy, latency)
+        card = replace(
+            card,
+            chosen_by=chosen_by(study, trial_number, rule),
+            test_accuracy_ci=test_figures.pop("accuracy_ci", None),
+            test_delta=test_figures,
+        )
         version = _register(client, name, artifact.path, card, study.study_name, trial.number)
         client.set_registered_model_alias(name, CHALLENGER, version)
         crowned, reason = _judge(client, name, card, tolerance, force)
@@ -188,6 +286,41 @@ def promote(
         if export_dir is not None:
             _export(artifact.path, card, export_dir)
     return Promotion(name, version, card, crowned, reason)
+
+
+def _on_test(
+    artifact: Any, task: Task, settings: dict[str, Any]
+) -> tuple[float, np.ndarray | None]:
+    """The file's test metric, and from the same outputs which examples it gets right."""
+    outputs, targets = predict(artifact, task.data("test"), **settings)
+    metric = task.metric(outputs, targets)
+    return metric, per_example_correct(outputs, targets, metric)
+
+
+def _test_figures(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    task: Task,
+    correct: np.ndarray | None,
+    settings: dict[str, Any],
+    tracking_uri: str,
+    scratch: Path,
+) -> dict[str, Any]:
+    """The test accuracy's interval and the paired delta against the baseline's file on
+    the same test examples (the baseline's file evaluated here: the search never read
+    the test split). Empty where the metric is not top-1 accuracy."""
+    if correct is None:
+        return {}
+    base = baseline_trial(study)
+    base_correct = None
+    if base is not None and base.number != trial.number:
+        base_file = trial_target(study, base.number, tracking_uri, scratch / "baseline")
+        base_correct = _on_test(base_file.artifact, task, settings)[1]
+    elif base is not None:
+        base_correct = correct
+    figures: dict[str, Any] = accuracy_figures(correct, base_correct).as_dict()
+    figures["accuracy_ci"] = [figures.pop("accuracy_ci_low"), figures.pop("accuracy_ci_high")]
+    return figures
 
 
 def _protocol(study: optuna.Study) -> dict[str, Any]:
@@ -206,8 +339,6 @@ def _card(
     test_accuracy: float,
     latency: LatencyStats,
 ) -> PromotionCard:
-    from search.track.trials import baseline_trial
-
     base = baseline_trial(study)
     baseline, ratios = {}, {}
     if base is not None:
@@ -235,6 +366,7 @@ def _card(
         ratios=ratios,
         hardware=hardware_fingerprint(),
         float_layers=list(trial.user_attrs.get("float_layers", [])),
+        validation={k: trial.user_attrs[k] for k in INTERVAL_KEYS if k in trial.user_attrs},
     )
 
 

@@ -13,7 +13,14 @@ from typing import Any
 import optuna
 
 from search.track.pareto import FrontRow, pareto_front, to_rows
-from search.track.trials import BEFORE_FINE_TUNING, STOPPED_ATTR, baseline_trial, is_feasible
+from search.track.trials import (
+    BEFORE_FINE_TUNING,
+    INTERVAL_KEYS,
+    STOPPED_ATTR,
+    baseline_trial,
+    is_feasible,
+    study_rule,
+)
 
 
 def status(study: optuna.Study) -> dict[str, Any]:
@@ -33,6 +40,9 @@ def status(study: optuna.Study) -> dict[str, Any]:
         # a relative budget: the factor, and the baseline's p50 it was taken of
         "latency_budget_factor": study.user_attrs.get("latency_budget_factor"),
         "anchor_p50_ms": study.user_attrs.get("anchor_p50_ms"),
+        "max_accuracy_drop": study.user_attrs.get("max_accuracy_drop"),
+        # how feasibility read accuracy: the point estimate, or the paired interval's low end
+        "accuracy_rule": study_rule(study),
         "trials": len(trials),
         "states": dict(sorted(states.items())),
         "feasible": len(feasible),
@@ -64,4 +74,6 @@ def _figures(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "accuracy": accuracy,
         "latency_p50_ms": p50,
         "size_mb": size,
+        # the 95% intervals (search.measure.intervals), where the trial recorded them
+        **{k: trial.user_attrs[k] for k in INTERVAL_KEYS if k in trial.user_attrs},
     }

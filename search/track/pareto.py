@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 from search.common.units import show_ms
+from search.measure.intervals import show_delta, show_interval
 from search.track.trials import (
     BEFORE_FINE_TUNING,
     OBJECTIVE_NAMES,
@@ -41,6 +43,14 @@ class FrontRow:
     throughput_per_s: float | None  # items/s at the study's batch size (None: not recorded)
     mlflow_run_id: str
     params: dict[str, object]
+    # 95% intervals (search.measure.intervals): the accuracy's (Wilson), and the paired
+    # delta against the baseline on the same validation examples, in points, with the
+    # examples lost and gained; None where not recorded (a metric that is not accuracy)
+    accuracy_ci: tuple[float, float] | None = None
+    delta_points: float | None = None
+    delta_ci_points: tuple[float, float] | None = None
+    examples_lost: int | None = None
+    examples_gained: int | None = None
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -101,9 +111,36 @@ def to_rows(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> 
                 throughput_per_s=_optional(trial.user_attrs.get("throughput_per_s")),
                 mlflow_run_id=str(trial.user_attrs.get("mlflow_run_id", "")),
                 params=dict(trial.params),
+                **interval_fields(trial.user_attrs),
             )
         )
     return rows
+
+
+def interval_fields(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's recorded intervals as ``FrontRow`` fields (None where not recorded)."""
+
+    def pair(low: str, high: str) -> tuple[float, float] | None:
+        if attrs.get(low) is None or attrs.get(high) is None:
+            return None
+        return float(attrs[low]), float(attrs[high])
+
+    lost, gained = attrs.get("examples_lost"), attrs.get("examples_gained")
+    return {
+        "accuracy_ci": pair("accuracy_ci_low", "accuracy_ci_high"),
+        "delta_points": _optional(attrs.get("delta_points")),
+        "delta_ci_points": pair("delta_ci_low_points", "delta_ci_high_points"),
+        "examples_lost": None if lost is None else int(lost),
+        "examples_gained": None if gained is None else int(gained),
+    }
+
+
+def shown_delta(row: FrontRow) -> str:
+    """The row's delta in points with its paired interval, ``-0.6 (-1.4, +0.3)``; the bare
+    delta where no interval was recorded."""
+    if row.delta_points is not None and row.delta_ci_points is not None:
+        return show_delta(row.delta_points, *row.delta_ci_points)
+    return show_delta(None if row.accuracy_delta is None else 100 * row.accuracy_delta)
 
 
 def _optional(value: object) -> float | None:
@@ -114,6 +151,8 @@ def write_csv(rows: Sequence[FrontRow], path: Path) -> Path:
     columns = [
         "trial", "name", "accuracy", "accuracy_delta", "latency_p50_ms", "latency_p95_ms",
         "speedup", "size_mb", "shrink", "macs", "throughput_per_s", "mlflow_run_id", "params",
+        "accuracy_ci_low", "accuracy_ci_high", "delta_points", "delta_ci_low_points",
+        "delta_ci_high_points", "examples_lost", "examples_gained",
     ]  # fmt: skip
     partial = path.with_suffix(".partial")
     with partial.open("w", newline="") as handle:
@@ -127,6 +166,8 @@ def write_csv(rows: Sequence[FrontRow], path: Path) -> Path:
                     f"{row.size_mb:.6f}", _fmt(row.shrink), row.macs,
                     _fmt(row.throughput_per_s), row.mlflow_run_id,
                     ";".join(f"{k}={v}" for k, v in row.params.items()),
+                    *_pair(row.accuracy_ci), _fmt(row.delta_points), *_pair(row.delta_ci_points),
+                    _count(row.examples_lost), _count(row.examples_gained),
                 ]
             )  # fmt: skip
     os.replace(partial, path)
@@ -138,22 +179,26 @@ def write_front_markdown(rows: Sequence[FrontRow], path: Path, budget_ms: float)
     lines = [
         f"# Pareto front: feasible trials within {show_ms(budget_ms)} p50",
         "",
-        "| trial | candidate | accuracy | Δ points | p50 ms | items/s | faster | MB | smaller "
-        "| MMACs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| trial | candidate | accuracy (95%) | Δ points (95%, paired) | lost / gained "
+        "| p50 ms | items/s | faster | MB | smaller | MMACs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        delta = "" if row.accuracy_delta is None else f"{row.accuracy_delta * 100:+.2f}"
+        delta = shown_delta(row)
+        ci = "" if row.accuracy_ci is None else f" ({show_interval(*row.accuracy_ci)})"
+        changed = (
+            "" if row.examples_lost is None else f"{row.examples_lost} / {row.examples_gained}"
+        )
         faster = "" if row.speedup is None else f"{row.speedup:.2f}×"
         smaller = "" if row.shrink is None else f"{row.shrink:.2f}×"
         rate = "" if row.throughput_per_s is None else f"{row.throughput_per_s:.0f}"
         lines.append(
-            f"| {row.number} | {row.name} | {row.accuracy:.4f} | {delta} | "
+            f"| {row.number} | {row.name} | {row.accuracy:.4f}{ci} | {delta} | {changed} | "
             f"{row.latency_p50_ms:.4f} | {rate} | {faster} | {row.size_mb:.4f} | {smaller} | "
             f"{row.macs / 1e6:.2f} |"
         )
     if not rows:
-        lines.append("| - | no feasible trial yet | | | | | | | | |")
+        lines.append("| - | no feasible trial yet | | | | | | | | | |")
     partial = path.with_suffix(".partial")
     partial.write_text("\n".join(lines) + "\n")
     os.replace(partial, path)
@@ -238,3 +283,11 @@ def budget_label(budget_ms: float, factor: float | None) -> str:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
+
+
+def _pair(values: tuple[float, float] | None) -> list[str]:
+    return ["", ""] if values is None else [_fmt(values[0]), _fmt(values[1])]
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
