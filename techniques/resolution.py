@@ -27,7 +27,6 @@ additions per input pixel, like the residual sums thop leaves out too).
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import weakref
 from collections.abc import Mapping
@@ -137,14 +136,18 @@ class ResizedInput(nn.Module):
         return f"input resized to {self.input_size} by {how}" + (f", {own}" if own else "")
 
 
-@functools.cache
-def _resized_class(cls: type[nn.Module]) -> type[nn.Module]:
-    return type(f"Resized{cls.__name__}", (ResizedInput, cls), {"__module__": __name__})
+_CLASSES: dict[type, type] = {}  # one subclass per model class, so copies share it
 
 
-def resize_input(
-    model: nn.Module, size: tuple[int, int], new_size: tuple[int, int]
-) -> nn.Module:
+def _resized_class(cls: type) -> type:
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(
+            f"Resized{cls.__name__}", (ResizedInput, cls), {"__module__": __name__}
+        )
+    return _CLASSES[cls]
+
+
+def resize_input(model: nn.Module, size: tuple[int, int], new_size: tuple[int, int]) -> nn.Module:
     """A copy of ``model`` that takes ``size`` inputs and runs at ``new_size`` (height, width).
 
     Average pooling where ``new_size`` divides ``size``, else a bilinear resize.
@@ -157,8 +160,9 @@ def resize_input(
     if height % new_height == 0 and width % new_width == 0:
         kernel = (height // new_height, width // new_width)
     resized.__class__ = _resized_class(type(model))
-    resized.input_kernel = kernel  # plain attributes: copied with the model, not children
-    resized.input_size = (new_height, new_width)
+    # plain attributes: copied with the model, not children
+    object.__setattr__(resized, "input_kernel", kernel)
+    object.__setattr__(resized, "input_size", (new_height, new_width))
     return resized.eval()
 
 

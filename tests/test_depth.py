@@ -50,7 +50,9 @@ class BasicBlock(nn.Module):
 class TinyResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
         self.layer1 = nn.Sequential(BasicBlock(8, 8), BasicBlock(8, 8), BasicBlock(8, 8))
         self.layer2 = nn.Sequential(BasicBlock(8, 16, 2), BasicBlock(16, 16))
         self.fc = nn.Linear(16, 10)
@@ -68,7 +70,11 @@ def test_the_built_in_mobilenet_has_its_residual_blocks_found(tiny_task) -> None
     model = tiny_task.build_model()
     x = tiny_task.example_inputs(1)
     stages = find_residual_stages(model, x)
-    assert names(stages) == [["features.3"], ["features.5", "features.6"], ["features.8", "features.9", "features.10"]]  # fmt: skip
+    assert names(stages) == [
+        ["features.3"],
+        ["features.5", "features.6"],
+        ["features.8", "features.9", "features.10"],
+    ]
     built_in = [n for n, m in model.named_modules() if getattr(m, "use_residual", False)]
     assert [block.name for stage in stages for block in stage] == built_in
     # the residual inverted residual blocks that techniques/blocks.py finds are these
@@ -79,7 +85,11 @@ def test_the_built_in_mobilenet_has_its_residual_blocks_found(tiny_task) -> None
 def test_library_mobilenets_have_their_residual_blocks_found() -> None:
     v2, v3 = library_mobilenet_v2(), library_mobilenet_v3_small()
     # V2: the t=1 block (8 -> 8, no expansion layer) is residual too
-    assert names(find_residual_stages(v2, X16)) == [["features.1"], ["features.3"], ["features.5", "features.6"]]  # fmt: skip
+    assert names(find_residual_stages(v2, X16)) == [
+        ["features.1"],
+        ["features.3"],
+        ["features.5", "features.6"],
+    ]
     # V3 with squeeze-excitation and hard-swish; 24 -> 88 -> 24 is residual, alone in its stage
     assert names(find_residual_stages(v3, X16)) == [["features.3"], ["features.5", "features.6"]]
     for model in (v2, v3):

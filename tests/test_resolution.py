@@ -55,8 +55,10 @@ def conv_and_linear_macs(model: nn.Module, inputs: torch.Tensor) -> tuple[int, i
     return convs, linears
 
 
-@pytest.mark.parametrize("side, scale, size", [(8, 0.875, 7), (8, 0.625, 5), (8, 0.5, 4),
-                                               (7, 0.5, 4), (32, 0.875, 28), (1, 0.5, 1)])  # fmt: skip
+SIZES = [(8, 0.875, 7), (8, 0.625, 5), (8, 0.5, 4), (7, 0.5, 4), (32, 0.875, 28), (1, 0.5, 1)]
+
+
+@pytest.mark.parametrize("side, scale, size", SIZES)
 def test_sizes_round_half_up_and_stay_at_least_one_pixel(side, scale, size) -> None:
     assert scaled_size(side, scale) == size
 
