@@ -175,7 +175,7 @@ def test_off_reproduces_the_baseline_exactly(tiny_task, tmp_path) -> None:
     assert torch.equal(same(x), model(x))
 
 
-def test_feature_distillation_compares_a_smaller_student_with_the_teacher(tiny_task) -> None:
+def test_feature_distillation_compares_a_smaller_student_with_the_teacher() -> None:
     from search.train.loop import FeatureMatch
     from techniques.distillation import stage_ends
 
