@@ -32,6 +32,12 @@ searches of benchmark run 2026-11-25-4 reached 3.72x and 3.40x; under, nothing f
 it and two searches of run 2026-11-25-5 ended on it (2.17x). Now both sides lead to the
 same next point. Each step fine-tunes (a stronger pruning changes the weights), about a
 fine-tune's time per step, at most two steps from 50% to the 70% end of the range.
+
+The same holds for the two levers that change the network's shape rather than its width:
+elastic depth steps to a quarter fewer residual blocks kept (``depth.keep``, down to 0) and
+elastic resolution to an eighth of a side less (``resolution.scale``, down to 0.5 or the
+smallest scale the model takes, read off the trial's own distribution). For both, the
+smaller value is the faster one, and 1 means the lever is off.
 """
 
 from __future__ import annotations
