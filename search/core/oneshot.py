@@ -1,5 +1,6 @@
 """One technique, applied once with explicit settings: ``search prune | quantize | lowrank |
-distill | share | shrink`` (``shrink``: elastic depth and input resolution), and ``search finetune`` (a search's trial rebuilt with a longer fine-tune).
+distill | share | shrink`` (``shrink``: elastic depth and input resolution), and ``search
+finetune`` (a search's trial rebuilt with a longer fine-tune).
 
 Not every job needs a search. A one-shot command is one trial of the search's own pipeline
 (``search.core.objective.TrialObjective``) with its parameters fixed rather than sampled, so
