@@ -96,7 +96,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     # MACs are counted once per architecture (search/objective.py keeps them): a trial with
     # the baseline's layers (int8 alone) counts the baseline's, a pruned one fewer
     macs = {t.number: by_number[t.number].data.metrics["macs"] for t in finished(study)}
-    model_stage = ("width.", "prune.ratio", "lowrank.rank_ratio")
+    model_stage = ("depth.", "width.", "prune.ratio", "lowrank.rank_ratio", "resolution.")
     for trial in finished(study):
         layers = {k: v for k, v in trial.params.items() if k.startswith(model_stage)}
         if layers == {k: v for k, v in baseline.items() if k.startswith(model_stage)}:
