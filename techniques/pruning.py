@@ -108,8 +108,14 @@ class StructuredPruning:
         )
 
     def apply(self, model: nn.Module, params: PruneParams, ctx: Context) -> nn.Module:
-        # sensitive layers (--use-sensitivity) stop at their cap
-        capped = {name: cap for name, cap in ctx.layer_caps.items() if cap < params.ratio}
+        # sensitive layers (--use-sensitivity) stop at their cap; those another lever
+        # removed (elastic depth drops whole blocks) have nothing left to cap
+        present = {name for name, _ in model.named_modules()}
+        capped = {
+            name: cap
+            for name, cap in ctx.layer_caps.items()
+            if cap < params.ratio and name in present
+        }
         return prune_channels(
             model,
             ctx.task.example_inputs(1),

@@ -124,8 +124,13 @@ class ExpandRatio:
         return WidthParams(ratios, per)
 
     def apply(self, model: nn.Module, params: WidthParams, ctx: Context) -> nn.Module:
+        # the group indices are the base model's: the depth lever may have dropped blocks
         return narrow_expansions(
-            model, ctx.task.example_inputs(1), dict(params.expand_ratios), per=params.per
+            model,
+            ctx.task.example_inputs(1),
+            dict(params.expand_ratios),
+            per=params.per,
+            reference=ctx.base_model,
         )
 
 
@@ -142,18 +147,28 @@ def narrow_expansions(
     ratios: Mapping[int, int],
     *,
     per: str = "stage",
+    reference: nn.Module | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` whose group ``i`` blocks keep ``ratios[i] x input`` hidden channels."""
+    """A copy of ``model`` whose group ``i`` blocks keep ``ratios[i] x input`` hidden channels.
+
+    ``reference``: the model the group indices count in (default ``model``), when
+    ``model`` is that model with some blocks already replaced by the identity (elastic
+    depth, ``techniques.depth``); a block no longer in ``model`` is skipped.
+    """
     import torch_pruning as tp
 
-    groups = expandable_groups(model, example_inputs, per)  # by name: they hold in the copy
+    reference = model if reference is None else reference
+    groups = expandable_groups(reference, example_inputs, per)  # by name: they hold in copies
     narrowed = copy.deepcopy(model).eval()
+    present = {name for name, module in narrowed.named_modules() if isinstance(module, nn.Conv2d)}
     graph = tp.DependencyGraph().build_dependency(narrowed, example_inputs)
     for index, group in enumerate(groups):
         ratio = ratios.get(index)
-        if ratio is None or ratio >= group[0].max_ratio(model):
+        if ratio is None or ratio >= group[0].max_ratio(reference):
             continue
         for block in group:
+            if block.expand not in present:
+                continue  # dropped by the depth lever
             expand_conv = block.expand_conv(narrowed)
             keep = expand_conv.in_channels * ratio
             if keep >= expand_conv.out_channels:

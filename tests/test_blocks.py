@@ -133,3 +133,31 @@ def test_attention_with_query_key_norms_is_not_swapped_and_the_lever_says_why(tm
     assert not swappable(model)
     reason = AttentionKernel().applicability(context(model, tmp_path))
     assert reason is not None and "query/key norms" in reason
+
+
+@pytest.mark.parametrize("factory", ["make_v2_task", "make_v3_task"])
+def test_search_space_of_a_library_mobilenet_lists_width_depth_and_resolution(
+    factory, task_cache, home
+) -> None:
+    """What ``search space --task tests/fixtures/library_tasks.py:make_v2_task`` prints."""
+    import library_tasks
+
+    from search.core.config import SearchConfig
+    from search.core.levers import LeverSettings
+    from search.core.runner import search_space
+
+    task = getattr(library_tasks, factory)(epochs=0)  # the structure, not the weights, matters
+    task.cache_dir = task_cache
+    config = SearchConfig(task=factory, levers=LeverSettings(), home=home)
+    rows, not_applicable = search_space(config, task)
+    listed = {row.name: row for row in rows}
+    assert "width" not in not_applicable and "depth" not in not_applicable
+    assert "resolution" not in not_applicable
+    assert any(name.startswith("width.expand.s") for name in listed)
+    assert listed["depth.keep"].domain == "0 to 1 step 0.25"
+    assert listed["resolution.scale"].domain == "0.5 to 1 step 0.125"
+    assert all(listed[n].status == "searched" for n in ("depth.keep", "resolution.scale"))
+    # the application order: depth before width, resolution last of the model stage
+    model_stage = [row.lever for row in rows if row.stage == "model"]
+    assert model_stage.index("depth") < model_stage.index("width")
+    assert model_stage[-1] == "resolution"

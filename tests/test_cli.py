@@ -174,6 +174,9 @@ def test_space_of_a_plain_cnn_skips_width_and_lists_the_rest(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "lever width: not applicable" in result.stdout
     assert "width.expand" not in result.stdout
+    assert "lever depth: not applicable (no residual blocks" in result.stdout
+    assert "depth.keep" not in result.stdout
+    assert "resolution.scale" in result.stdout  # 8x8 digits, pooled to 2x2: takes 4x4 too
     for name in ("prune.importance", "quant.scheme", "distill.temperature", "lowrank.rank_ratio"):
         assert name in result.stdout
     assert "int8-qat" in result.stdout

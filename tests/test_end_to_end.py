@@ -96,7 +96,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     # MACs are counted once per architecture (search/objective.py keeps them): a trial with
     # the baseline's layers (int8 alone) counts the baseline's, a pruned one fewer
     macs = {t.number: by_number[t.number].data.metrics["macs"] for t in finished(study)}
-    model_stage = ("width.", "prune.ratio", "lowrank.rank_ratio")
+    model_stage = ("depth.", "width.", "prune.ratio", "lowrank.rank_ratio", "resolution.")
     for trial in finished(study):
         layers = {k: v for k, v in trial.params.items() if k.startswith(model_stage)}
         if layers == {k: v for k, v in baseline.items() if k.startswith(model_stage)}:
@@ -153,7 +153,8 @@ def test_no_feasible_trial_reports_the_nearest(home, tiny_task) -> None:
 def test_the_accuracy_floor_makes_a_ruined_candidate_infeasible(home, tiny_task) -> None:
     """70% pruning with one epoch of recovery costs points: with no drop allowed, infeasible."""
     levers = LeverSettings(
-        off=("width", "lowrank", "lora", "quant", "distill"), fixed=(("prune.ratio", 0.7),)
+        off=("depth", "width", "lowrank", "lora", "quant", "distill", "resolution"),
+        fixed=(("prune.ratio", 0.7),),
     )
     config = config_for(home, trials=2, max_accuracy_drop=0.0, levers=levers)
     result = run_search(config, task=tiny_task)
@@ -180,7 +181,7 @@ def test_latency_first_stops_a_too_slow_candidate_before_fine_tuning(
     from search.measure.latency import SCREEN_REPEATS
 
     levers = LeverSettings(
-        off=("width", "lowrank", "lora", "quant"),
+        off=("depth", "width", "lowrank", "lora", "quant", "resolution"),
         fixed=(("prune.ratio", 0.1), ("distill.alpha", 0.0)),
     )
     config = config_for(
@@ -210,7 +211,8 @@ def test_latency_first_stops_a_too_slow_candidate_before_fine_tuning(
 def test_a_known_graph_is_not_measured_again(home, tiny_task) -> None:
     """Trials that differ only in how they fine-tune deploy one graph: one measurement."""
     levers = LeverSettings(
-        off=("width", "lowrank", "lora", "quant"), fixed=(("prune.ratio", 0.25),)
+        off=("depth", "width", "lowrank", "lora", "quant", "resolution"),
+        fixed=(("prune.ratio", 0.25),),
     )
     config = config_for(home, trials=4, levers=levers)
     result = run_search(config, task=tiny_task)
@@ -300,7 +302,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(home, tiny_task, monk
         raise RuntimeError("calibration exploded")
 
     monkeypatch.setattr(Quantization, "apply", broken)
-    config = config_for(home, trials=3)
+    levers = LeverSettings(off=("depth", "resolution"))
+    config = config_for(home, trials=3, levers=levers)
     result = run_search(config, task=tiny_task)  # trial 2 is the int8 reference: it fails
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -347,7 +350,7 @@ def test_levers_switched_off_and_fixed_hold_in_every_sampled_trial(home, tiny_ta
     import onnx
 
     levers = LeverSettings(
-        off=("width", "prune", "lowrank", "lora"),
+        off=("depth", "width", "prune", "lowrank", "lora", "resolution"),
         fixed=(("quant.scheme", "int8-qat"), ("quant.per_channel", True)),
     )
     config = config_for(home, trials=3, levers=levers)

@@ -25,6 +25,20 @@ def test_a_lever_that_is_off_or_pinned_is_never_escalated() -> None:
     assert stronger_params({"prune.ratio": 0.5}, fixed={"prune.ratio"}) is None
 
 
+def test_depth_and_resolution_step_down_to_the_end_of_their_ranges() -> None:
+    """Fewer residual blocks, a smaller input: their faster side is the smaller value."""
+    params = {"depth.keep": 0.5, "resolution.scale": 0.75, "prune.ratio": 0.0}
+    assert stronger_params(params) == {**params, "depth.keep": 0.25, "resolution.scale": 0.625}
+    assert stronger_params({"depth.keep": 0.0, "resolution.scale": 0.5}) is None
+    assert stronger_params({"depth.keep": 1.0, "resolution.scale": 1.0}) is None  # both off
+    # a model that runs at no less than 0.75 of its input: the trial's range ends there
+    narrow = {"resolution.scale": optuna.distributions.FloatDistribution(0.75, 1.0, step=0.125)}
+    assert stronger_params({"resolution.scale": 0.875}, distributions=narrow) == {
+        "resolution.scale": 0.75
+    }
+    assert stronger_params({"resolution.scale": 0.75}, distributions=narrow) is None
+
+
 def test_a_float32_reference_is_stored_smaller_where_the_runtime_offers_it() -> None:
     offered = ("fp32", "fp16-weights", "int8-static")
     params = {"prune.ratio": 0.5, "quant.scheme": "fp32"}
@@ -39,7 +53,7 @@ def test_a_float32_reference_is_stored_smaller_where_the_runtime_offers_it() -> 
 
 @pytest.mark.slow  # 20-35 s on 2 cores; scripts/test.sh --slow runs it
 def test_a_feasible_reference_is_stored_smaller_on_its_fine_tuned_model(home, tiny_task) -> None:
-    levers = LeverSettings(off=("width", "lowrank", "lora"))
+    levers = LeverSettings(off=("depth", "width", "lowrank", "lora", "resolution"))
     config = config_for(home, trials=5, latency_budget_ms=1000.0, levers=levers)
     result = run_search(config, task=tiny_task)
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
@@ -63,7 +77,7 @@ def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(
     home, tiny_task
 ) -> None:
     """A budget nothing meets: pruning 50%, then 60%, then 70%, each stopped early."""
-    levers = LeverSettings(off=("width", "lowrank", "lora", "quant"))
+    levers = LeverSettings(off=("depth", "width", "lowrank", "lora", "quant", "resolution"))
     config = config_for(home, trials=4, latency_budget_ms=0.0001, levers=levers)
     result = run_search(config, task=tiny_task)
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
@@ -87,7 +101,7 @@ def test_a_study_escalates_its_pruning_reference_while_it_misses_the_budget(
 def test_a_feasible_reference_is_tried_stronger_while_it_holds(home, tiny_task) -> None:
     """No smaller format to try (quantization off): pruning 50%, 60%, 70%, each fine-tuned
     and feasible (any accuracy is within a 100-point drop), then the range ends."""
-    levers = LeverSettings(off=("width", "lowrank", "lora", "quant"))
+    levers = LeverSettings(off=("depth", "width", "lowrank", "lora", "quant", "resolution"))
     config = config_for(home, trials=4, latency_budget_ms=1000.0, levers=levers)
     result = run_search(config, task=tiny_task)
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)

@@ -47,7 +47,7 @@ def test_a_gentler_rate_sets_the_recipe_and_the_tasks_own_is_the_lever_off(
 def test_a_search_fine_tunes_at_the_rate_its_trial_chose(home, tiny_task) -> None:
     """Pruning fixed, the rate fixed to the gentlest: every fine-tuned trial's run says so."""
     levers = LeverSettings(
-        off=("width", "lowrank", "lora", "quant", "distill"),
+        off=("depth", "width", "lowrank", "lora", "quant", "distill", "resolution"),
         fixed=(("prune.ratio", 0.25), ("ft.lr", 0.01), ("ft.searched", True)),
     )
     config = SearchConfig(

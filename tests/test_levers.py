@@ -28,7 +28,9 @@ def space(ctx):
 
 def test_exploring_reaches_conditional_parameters_of_every_lever(space) -> None:
     levers = {name.partition(".")[0] for name in space}
-    assert levers == {"width", "prune", "lowrank", "distill", "lora", "quant"}
+    assert levers == {
+        "depth", "width", "prune", "lowrank", "resolution", "distill", "lora", "quant"
+    }  # fmt: skip
     conditional = {"prune.importance", "distill.temperature", "quant.calibration"}
     assert conditional <= set(space)
 
@@ -114,6 +116,7 @@ def test_references_of_levers_that_are_off_are_dropped(ctx) -> None:
 def test_every_parameter_says_off_or_not_applicable(ctx, space) -> None:
     trial = optuna.trial.FixedTrial(
         {"prune.ratio": 0.0, "lowrank.rank_ratio": 0.0, "quant.scheme": "fp16"}
+        | {"depth.keep": 1.0, "resolution.scale": 1.0}
         | {f"width.expand.s{i}": 6 for i in range(4)}
     )
     plan = sample_plan(trial, ctx)

@@ -112,9 +112,22 @@ def test_unset_settings_take_the_levers_reference_and_others_stay_off(tiny_task,
     )
 
 
+def test_shrink_applies_the_levers_given_or_both_references(tiny_task, home) -> None:
+    prepared = prepare_space(_config(home), tiny_task)
+    both = one_shot_params("shrink", {}, prepared.ctx, prepared.space)
+    assert both["depth.keep"] == 0.5 and both["resolution.scale"] == 0.75
+    assert both["prune.ratio"] == 0.0 and both["quant.scheme"] == "fp32"
+    depth = one_shot_params("shrink", {"depth.keep": 0.25}, prepared.ctx, prepared.space)
+    assert depth["depth.keep"] == 0.25 and depth["resolution.scale"] == 1.0
+    smaller = one_shot_params("shrink", {"resolution.scale": 0.5}, prepared.ctx, prepared.space)
+    assert smaller["depth.keep"] == 1.0 and smaller["resolution.scale"] == 0.5
+
+
 @pytest.mark.parametrize(
     ("command", "given", "needle"),
     [
+        ("shrink", {"depth.keep": 1.0}, "leaves the technique off; give e.g. --depth"),
+        ("shrink", {"resolution.scale": 0.25}, "resolution.scale=0.25: must be a number"),
         ("lowrank", {"lowrank.rank_ratio": 0.0}, "leaves the technique off; give e.g. --rank"),
         ("quantize", {"quant.scheme": "fp32"}, "leaves the technique off"),
         ("distill", {}, "needs a student"),

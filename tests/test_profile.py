@@ -43,7 +43,7 @@ def test_compare_puts_a_trial_beside_the_baseline_with_ratios(home, tiny_task) -
     from search.core.levers import LeverSettings
     from search.core.runner import run_search
 
-    levers = LeverSettings(off=("width", "lowrank", "lora", "quant"))
+    levers = LeverSettings(off=("depth", "width", "lowrank", "lora", "quant", "resolution"))
     config = SearchConfig(
         latency_budget_ms=1000.0, trials=2, finetune_epochs=1, home=home,
         max_accuracy_drop=1.0, levers=levers, study_name="p",

@@ -616,7 +616,8 @@ def sensitivity_command(
 
 # One technique, once, through the search's own pipeline (search.cli.oneshot).
 for _one_shot in (cli_oneshot.prune, cli_oneshot.quantize, cli_oneshot.lowrank,
-                  cli_oneshot.distill, cli_oneshot.share, cli_oneshot.finetune):  # fmt: skip
+                  cli_oneshot.distill, cli_oneshot.share, cli_oneshot.shrink,
+                  cli_oneshot.finetune):  # fmt: skip
     app.command(name=_one_shot.__name__)(_one_shot)
 app.command(name="serve")(cli_serve.serve)
 

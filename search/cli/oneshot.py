@@ -1,5 +1,5 @@
-"""``search prune | quantize | lowrank | distill | share``: one technique, once, with known
-settings; ``search finetune``: a search's trial rebuilt with a longer fine-tune.
+"""``search prune | quantize | lowrank | distill | share | shrink``: one technique, once,
+with known settings; ``search finetune``: a search's trial rebuilt with a longer fine-tune.
 
 Each command turns its options into the technique's parameters (unset ones keep the
 lever's reference setting) and calls ``search.core.oneshot.run_one_shot``, which runs them
@@ -291,6 +291,29 @@ def distill(
         "distill.feature_weight": "feature-weight",
     }
     _one_shot("distill", given, flags, common, lever_options={"distill.teacher": teacher})
+
+
+@_with_common_options
+def shrink(
+    depth: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of each stage's residual blocks kept, in quarters (0 to 1; 1: off)."
+        ),
+    ] = None,
+    resolution: Annotated[
+        float | None,
+        typer.Option(help="Share of each input side the model runs at, in eighths (0.5 to 1)."),
+    ] = None,
+    common: dict[str, Any] | None = None,
+) -> None:
+    """Drop residual blocks and/or shrink the input inside the model, fine-tune, measure.
+
+    Without either option both apply at their references (half the blocks, 0.75 a side).
+    """
+    given = {"depth.keep": depth, "resolution.scale": resolution}
+    flags = {"depth.keep": "depth", "resolution.scale": "resolution"}
+    _one_shot("shrink", given, flags, common)
 
 
 @_with_common_options

@@ -32,35 +32,72 @@ searches of benchmark run 2026-11-25-4 reached 3.72x and 3.40x; under, nothing f
 it and two searches of run 2026-11-25-5 ended on it (2.17x). Now both sides lead to the
 same next point. Each step fine-tunes (a stronger pruning changes the weights), about a
 fine-tune's time per step, at most two steps from 50% to the 70% end of the range.
+
+The same holds for the two levers that change the network's shape rather than its width:
+elastic depth steps to a quarter fewer residual blocks kept (``depth.keep``, down to 0) and
+elastic resolution to an eighth of a side less (``resolution.scale``, down to 0.5 or the
+smallest scale the model takes, read off the trial's own distribution). For both, the
+smaller value is the faster one, and 1 means the lever is off.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from techniques.pruning import MAX_RATIO
+from techniques.resolution import SCALE_STEP, SMALLEST_SCALE
 
-# parameter -> (step, the end of its range): the knobs whose larger value is faster
-STEPS: Mapping[str, tuple[float, float]] = {"prune.ratio": (0.1, MAX_RATIO)}
+
+@dataclass(frozen=True)
+class Step:
+    """How a knob is made stronger: by ``step`` (negative: smaller is faster) until ``end``;
+    at ``off`` its lever is not applied, and escalation never switches a lever on."""
+
+    step: float
+    end: float
+    off: float
+
+
+# the knobs whose next value is faster: pruning more channels, keeping fewer residual
+# blocks (techniques/depth.py), running on a smaller input (techniques/resolution.py)
+STEPS: Mapping[str, Step] = {
+    "prune.ratio": Step(0.1, MAX_RATIO, off=0.0),
+    "depth.keep": Step(-0.25, 0.0, off=1.0),
+    "resolution.scale": Step(-SCALE_STEP, SMALLEST_SCALE, off=1.0),
+}
 # the number format a feasible float32 reference is stored in next: a smaller file, the
 # same arithmetic
 SMALLER_FORMAT = ("quant.scheme", "fp32", "fp16-weights")
 
 
 def stronger_params(
-    params: Mapping[str, Any], fixed: Collection[str] = ()
+    params: Mapping[str, Any],
+    fixed: Collection[str] = (),
+    distributions: Mapping[str, optuna.distributions.BaseDistribution] | None = None,
 ) -> dict[str, Any] | None:
     """``params`` with every escalatable, unfixed, switched-on knob one step up; None
-    when none can move (off, pinned by the user, or at the end of its range)."""
+    when none can move (off, pinned by the user, or at the end of its range).
+
+    ``distributions`` (the trial's) end a range early where the model allows less than the
+    whole of it (a model that runs on no smaller input than 0.75 of its own).
+    """
     stronger = dict(params)
-    for name, (step, end) in STEPS.items():
+    for name, knob in STEPS.items():
         value = params.get(name)
-        if name in fixed or not value or value >= end:
+        if name in fixed or value is None or value == knob.off:
             continue  # a lever that is off stays off: escalation strengthens, never adds
-        stronger[name] = round(min(float(value) + step, end), 6)
+        end = knob.end
+        distribution = (distributions or {}).get(name)
+        if isinstance(distribution, optuna.distributions.FloatDistribution):
+            end = min(end, distribution.high) if knob.step > 0 else max(end, distribution.low)
+        moved = float(value) + knob.step
+        moved = min(moved, end) if knob.step > 0 else max(moved, end)
+        if (moved - float(value)) * knob.step > 1e-9:
+            stronger[name] = round(moved, 6)
     return stronger if stronger != dict(params) else None
 
 
@@ -95,11 +132,12 @@ def escalate_reference(
     reference = trial.user_attrs.get("reference")
     if not reference or trial.user_attrs.get("baseline"):
         return None
+    distributions = trial.distributions
     if over_budget_ms > 0:
-        following = stronger_params(trial.params, fixed)
+        following = stronger_params(trial.params, fixed, distributions)
     elif feasible:
         following = smaller_params(trial.params, fixed, formats) or stronger_params(
-            trial.params, fixed
+            trial.params, fixed, distributions
         )
     else:
         return None

@@ -189,7 +189,9 @@ def constrain_references(
 
     The baseline is kept as it is: it is the uncompressed model every ratio is against.
     A reference of a lever that is ``off`` is dropped, and so is a combined one that the
-    ``off`` levers leave with a single lever: each would repeat another trial.
+    ``off`` levers leave with a single lever: each would repeat another trial. A combined
+    one left with several is named after those (``prune+quant``, not
+    ``depth+prune+quant`` with depth off).
     """
     off_levers = set(off)
     kept: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -199,6 +201,7 @@ def constrain_references(
             left = [lever for lever in levers if lever not in off_levers]
             if not left or (len(levers) > 1 and len(left) == 1):
                 continue
+            attrs = {**attrs, "reference": "+".join(left)}
         constrained = dict(params) if attrs.get("baseline") else {**params, **fixed}
         if all(constrained != other for other, _ in kept):
             kept.append((constrained, dict(attrs)))

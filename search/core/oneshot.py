@@ -1,5 +1,6 @@
 """One technique, applied once with explicit settings: ``search prune | quantize | lowrank |
-distill | share``, and ``search finetune`` (a search's trial rebuilt with a longer fine-tune).
+distill | share | shrink`` (``shrink``: elastic depth and input resolution), and ``search
+finetune`` (a search's trial rebuilt with a longer fine-tune).
 
 Not every job needs a search. A one-shot command is one trial of the search's own pipeline
 (``search.core.objective.TrialObjective``) with its parameters fixed rather than sampled, so
@@ -82,6 +83,7 @@ _HINTS = {
     "lowrank": "give e.g. --rank-ratio 0.25",
     "distill": "give e.g. --alpha 0.9",
     "share": "give e.g. --bits 5",
+    "shrink": "give e.g. --depth 0.5 or --resolution 0.75",
 }
 # what a command applies when the user gives no setting and the lever has no reference
 # (low-rank has none: in a search it is left to be found, but a one-shot needs a value)
@@ -102,7 +104,11 @@ COMMANDS: dict[str, str] = {
     "lowrank": "lowrank",
     "distill": "distill",
     "share": "share",
+    "shrink": "depth",  # and resolution: SHRINK_LEVERS
 }
+# ``search shrink``: the levers that change the network's shape; those given are applied,
+# both at their references when none is
+SHRINK_LEVERS = ("depth", "resolution")
 
 
 @dataclass(frozen=True)
@@ -181,8 +187,12 @@ def one_shot_params(
     defaults = baseline_params(ctx)
     for _, training in training_techniques():
         defaults.update(training.off_params(ctx))
+    levers = [lever]
+    if command == "shrink":
+        levers = [n for n in SHRINK_LEVERS if any(k.startswith(f"{n}.") for k in given)]
+        levers = levers or list(SHRINK_LEVERS)
     # the reference fills in every lever the command or the user's settings touch
-    touched = dict.fromkeys([lever, *(name.partition(".")[0] for name in given)])
+    touched = dict.fromkeys([*levers, *(name.partition(".")[0] for name in given)])
     for name in touched:
         defaults.update(TECHNIQUES[name].reference_params(ctx) or {})
     defaults.update(COMMAND_DEFAULTS.get(command, {}))
@@ -201,8 +211,8 @@ def one_shot_params(
             "search distill needs a student smaller than the teacher: give --expand N "
             "(narrower inverted residual blocks) or --prune R (a share of channels removed)"
         )
-    if plan[lever] is None:
-        shown = ", ".join(f"{k}={v}" for k, v in chosen.items() if k.startswith(f"{lever}."))
+    if all(plan[name] is None for name in levers):
+        shown = ", ".join(f"{k}={v}" for k, v in chosen.items() if k.partition(".")[0] in levers)
         raise ConfigError(f"search {command}: {shown} leaves the technique off; {_HINTS[command]}")
     return chosen
 

@@ -138,6 +138,10 @@ class FeatureMatch:
         for index, name in enumerate(self.layers):
             student = self.adapters[str(index)](self.student_out[name])
             teacher = self.teacher_out[name].detach()
+            if teacher.dim() == 4 and teacher.shape[-2:] != student.shape[-2:]:
+                # a student that runs on a smaller input (techniques.resolution) is
+                # compared with the teacher's map averaged down to its grid
+                teacher = F.adaptive_avg_pool2d(teacher, student.shape[-2:])
             terms.append(F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(1e-8))
         return torch.stack(terms).mean()
 
