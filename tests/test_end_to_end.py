@@ -376,7 +376,7 @@ def test_levers_switched_off_and_fixed_hold_in_every_sampled_trial(home, tiny_ta
             ops = {node.op_type for node in onnx.load(str(path)).graph.node}
             assert "QuantizeLinear" in ops
     parent = client.get_run(result.parent_run_id)
-    assert parent.data.params["levers.off"] == "width,prune,lowrank,lora"
+    assert parent.data.params["levers.off"] == "depth,width,prune,lowrank,lora,resolution"
 
 
 @pytest.mark.slow  # 35 s: torch.export per trial; scripts/test.sh --slow runs it

@@ -222,12 +222,13 @@ def test_finetune_without_a_trial_to_rebuild_is_refused_in_one_line(tiny_task, h
 def test_a_trial_of_a_study_is_rebuilt_then_compressed_further_or_fine_tuned_longer(
     tiny_task, home
 ) -> None:
+    from search.core.levers import LeverSettings
     from search.core.oneshot import TrialRef
     from search.core.runner import run_search
 
     searched = replace(
         _config(home), latency_budget_factor=None, latency_budget_ms=50.0, trials=2,
-        study_name="tiny-study",
+        study_name="tiny-study", levers=LeverSettings(off=("depth", "resolution")),
     )  # fmt: skip
     run_search(searched, task=tiny_task)  # the baseline, then pruning 50% (trial 1)
     source = TrialRef("tiny-study", 1, searched.storage_url)
