@@ -163,9 +163,9 @@ class SearchConfig:
     accuracy_rule: str = "point"
     latency_first: bool = True
     early_stop: str = "on"
-    # After two of the ten epochs: the cosine schedule has spent a tenth of its steps at
-    # near-peak rate, and a candidate that reads five points under the floor there
-    # (benchmarks/results/2026-12-04-rungs.md measures how often such a one recovered).
+    # After two of the ten epochs, five points of allowance under the floor: a first guess,
+    # to be calibrated by a shadow run (``--early-stop shadow`` counts the candidates it
+    # would have stopped that ended feasible).
     rungs: tuple[int, ...] = (2,)
     rung_margin: float = 0.05
     latency_anchor: bool = True
