@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--early-stop",
         choices=("on", "off", "shadow"),
-        help="successive halving in the searches (default on; shadow: record, never stop)",
+        help="successive halving in the searches (default off; shadow: record, never stop)",
     )
     run.add_argument(
         "--accuracy-rule",

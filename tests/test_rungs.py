@@ -112,7 +112,7 @@ def test_a_stopped_trial_is_complete_infeasible_and_visible_in_mlflow_and_status
     """End to end (seconds): a candidate pruned by 70% reads far below an exact floor after
     its first epoch; it completes, labelled, without the rest of its fine-tune."""
     config = SearchConfig(
-        latency_budget_ms=1000.0, trials=2, finetune_epochs=3, home=home, seed=0,
+        latency_budget_ms=1000.0, trials=2, early_stop="on", finetune_epochs=3, home=home, seed=0,
         max_accuracy_drop=0.0, rungs=(1,), rung_margin=0.0, references=False,
         study_name="rungs",
         levers=LeverSettings(

@@ -140,9 +140,9 @@ def run(
     early_stop: Annotated[
         str | None,
         typer.Option(
-            help="Successive halving over fine-tuning epochs: on (the default) stops a "
-            "candidate whose accuracy at a rung is hopeless; off; shadow records where it "
-            "would have stopped and never stops.",
+            help="Successive halving over fine-tuning epochs: on stops a candidate whose "
+            "accuracy at a rung is hopeless; off (the default, until calibrated); shadow "
+            "records where it would have stopped and never stops.",
         ),
     ] = None,
     rungs: Annotated[
