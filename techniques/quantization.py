@@ -301,12 +301,17 @@ def quantize(
     samples: int = CALIBRATION_SAMPLES,
     nodes: list[str] | None = None,
     exclude: list[str] | None = None,
+    calibration_cache: Path | None = None,
 ) -> Artifact:
     """Write ``<stem>.<label>.<suffix>`` beside ``artifact``, in the format ``params`` say.
 
     ``nodes``: quantize only these ONNX nodes (int8 schemes; sensitivity analysis
     quantizes one layer at a time), the rest stays float. ``exclude``: these nodes stay
-    float (static int8: mixed precision).
+    float (static int8: mixed precision). ``calibration_cache``: static int8's activation
+    ranges are read from this file if it exists, else measured and written there (ONNX
+    Runtime's ``calibration_cache_path``): many quantizations of one float file, such as
+    the sensitivity pass's one per layer, calibrate once. The ranges depend on the float
+    file, the calibration method and samples, not on which nodes are quantized.
     """
     if params.scheme == "fp32":
         return artifact
@@ -326,7 +331,7 @@ def quantize(
         to_fp16_weights(artifact.path, output)
         return Artifact(path=output, scheme=params.scheme)
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-        return _quantize(artifact, params, calibration, samples, nodes, exclude)
+        return _quantize(artifact, params, calibration, samples, nodes, exclude, calibration_cache)
 
 
 def _quantize(
@@ -336,6 +341,7 @@ def _quantize(
     samples: int,
     nodes: list[str] | None = None,
     exclude: list[str] | None = None,
+    calibration_cache: Path | None = None,
 ) -> Artifact:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -376,6 +382,7 @@ def _quantize(
                 reduce_range=params.reduce_range,
                 nodes_to_quantize=nodes,
                 nodes_to_exclude=exclude,
+                calibration_cache_path=calibration_cache,
             )
     prepared.unlink(missing_ok=True)
     return Artifact(path=output, scheme=params.scheme)

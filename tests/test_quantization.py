@@ -181,3 +181,24 @@ def test_a_draft_is_calibrated_by_min_max_whatever_the_trial_s_method(
     assert final.path.name.endswith("-entropy.onnx")
     assert draft.path.name.endswith("-minmax.onnx")
     assert graph_signature(draft) == graph_signature(final)
+
+
+def test_a_calibration_cache_is_measured_once_and_then_read(tmp_path, tiny_task) -> None:
+    """The second quantization reads the first one's ranges: calibrating it on other data
+    (all zeros) still gives the same file; without the cache it gives another."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = tiny_task.build_model()
+    artifact = export_onnx(model, tiny_task.example_inputs(1), tmp_path / "m.onnx")
+    params = QuantParams("int8-static", per_channel=False, activation_type="uint8")
+    cache = tmp_path / "ranges.json"
+    first = quantize(artifact, params, calibration=tiny_task.data("train"), calibration_cache=cache)
+    assert cache.is_file()
+    measured = first.path.read_bytes()
+    shape = tiny_task.example_inputs(1).shape[1:]
+    zeros = DataLoader(TensorDataset(torch.zeros(64, *shape), torch.zeros(64)), batch_size=16)
+    again = quantize(artifact, params, calibration=zeros, calibration_cache=cache)
+    assert again.path.read_bytes() == measured
+    fresh = quantize(artifact, params, calibration=zeros)
+    assert fresh.path.read_bytes() != measured

@@ -16,31 +16,47 @@ from search.core.config import SearchConfig
 from search.core.config_file import ConfigFile, search_config_from
 from search.core.levers import LeverSettings
 from search.core.objective import RunLink, TrialObjective, TrialSettings
-from search.core.rungs import RungRule, judge, parse_rungs, peer_readings
+from search.core.rungs import (
+    Reading,
+    RungRule,
+    held_readings,
+    judge,
+    parse_rungs,
+    peer_readings,
+)
 from search.core.runner import run_search
 from search.track.tracker import Tracker
 from search.track.trials import RUNG_ATTR, STOPPED_ATTR, WOULD_STOP_ATTR, is_feasible
 
 FLOOR = 0.9
 RULE = RungRule(epochs=(2,), margin=0.05, keep_fraction=1 / 3)
+HELD = [Reading(3, 0.40), Reading(4, 0.62)]  # read at the rung by two that met the floor
 
 
-def test_a_candidate_clearly_below_the_floor_stops_and_one_near_it_goes_on() -> None:
-    peers = [0.95, 0.93, 0.97]
-    assert judge(RULE, accuracy=0.40, floor=FLOOR, peers=peers).stop
-    assert not judge(RULE, accuracy=0.86, floor=FLOOR, peers=peers).stop  # within the margin
-    assert not judge(RULE, accuracy=0.95, floor=FLOOR, peers=peers).stop
-    assert judge(RULE, accuracy=0.849, floor=FLOOR, peers=peers).stop  # just past the margin
+def test_a_candidate_below_every_one_that_met_the_floor_stops_one_near_them_goes_on() -> None:
+    peers = [0.40, 0.62, 0.70]
+    verdict = judge(RULE, accuracy=0.30, held=HELD, peers=peers)
+    assert verdict.stop and "trial 3" in verdict.reason and "0.4000" in verdict.reason
+    assert judge(RULE, accuracy=0.349, held=HELD, peers=peers).stop  # just past the margin
+    assert not judge(RULE, accuracy=0.36, held=HELD, peers=peers).stop  # within the margin
+    # the floor itself does not judge: early readings are far under final ones
+    assert not judge(RULE, accuracy=0.45, held=HELD, peers=peers).stop
+
+
+def test_without_a_finished_candidate_that_met_the_floor_nothing_stops() -> None:
+    verdict = judge(RULE, accuracy=0.01, held=[], peers=[0.9, 0.95, 0.97, 0.99])
+    assert not verdict.stop and "no finished candidate" in verdict.reason
 
 
 def test_the_top_fraction_at_a_rung_goes_on_whatever_its_reading() -> None:
-    """ASHA: of six candidates at the rung the best two go on, even all below the floor."""
+    """ASHA: of six candidates at the rung the best two go on, even all below the bar."""
+    held = [Reading(0, 0.90)]
     peers = [0.10, 0.20, 0.30, 0.40, 0.50]
-    assert not judge(RULE, accuracy=0.60, floor=FLOOR, peers=peers).stop  # 1st of 6
-    assert not judge(RULE, accuracy=0.45, floor=FLOOR, peers=peers).stop  # 2nd of 6
-    assert judge(RULE, accuracy=0.35, floor=FLOOR, peers=peers).stop  # 3rd of 6
+    assert not judge(RULE, accuracy=0.60, held=held, peers=peers).stop  # 1st of 6
+    assert not judge(RULE, accuracy=0.45, held=held, peers=peers).stop  # 2nd of 6
+    assert judge(RULE, accuracy=0.35, held=held, peers=peers).stop  # 3rd of 6
     # alone at the rung (fewer than three candidates), rank keeps nobody
-    assert judge(RULE, accuracy=0.60, floor=FLOOR, peers=[]).stop
+    assert judge(RULE, accuracy=0.60, held=held, peers=[]).stop
 
 
 def test_rungs_are_judged_only_before_the_last_epoch() -> None:
@@ -76,32 +92,50 @@ def _objective(tmp_path: Path, tiny_task, rule: RungRule) -> tuple[TrialObjectiv
     return objective, tracker.start_run(experiment, name="t")
 
 
+def _finished(study: optuna.Study, reading: float, *, met_floor: bool, kind: str = "deployed"):
+    """A completed earlier candidate that read ``reading`` at rung 2."""
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[0.95 if met_floor else 0.5, 1.0, 1.0],
+            user_attrs={
+                RUNG_ATTR: {"2": reading},
+                "accuracy_kind": kind,
+                "below_accuracy_floor": 0.0 if met_floor else 0.4,
+            },
+        )
+    )
+
+
 def test_on_a_study_the_hopeless_stop_the_promising_go_on_references_never_stop(
     tmp_path: Path, tiny_task
 ) -> None:
     objective, run_id = _objective(tmp_path, tiny_task, RULE)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    for reading in (0.97, 0.96, 0.95):  # earlier candidates, recorded at the rung
-        study.enqueue_trial({}, user_attrs={RUNG_ATTR: {"2": reading}})
-        study.ask()
+    _finished(study, 0.62, met_floor=True)
+    _finished(study, 0.55, met_floor=True)
+    _finished(study, 0.05, met_floor=False)  # ended below the floor: no evidence
+    _finished(study, 0.02, met_floor=False, kind="stopped at epoch 2")
+    assert [r.accuracy for r in held_readings(study.get_trials(), 2)] == [0.62, 0.55]
     hopeless, promising, reference = study.ask(), study.ask(), study.ask()
     reference.set_user_attr("reference", "prune 50%")
 
     assert objective._at_rung(hopeless, 2, 10, 0.30, run_id)
     assert hopeless.user_attrs[STOPPED_ATTR] == 2
-    assert "below the floor" in hopeless.user_attrs["stop_reason"]
-    assert not objective._at_rung(promising, 2, 10, 0.88, run_id)
+    assert "the lowest reading at the rung" in hopeless.user_attrs["stop_reason"]
+    assert not objective._at_rung(promising, 2, 10, 0.52, run_id)
     assert not objective._at_rung(reference, 2, 10, 0.10, run_id)
     assert STOPPED_ATTR not in reference.user_attrs
     # each reading is recorded, so the candidates after rank against it
-    assert sorted(peer_readings(study.get_trials(), 2)) == [0.1, 0.3, 0.88, 0.95, 0.96, 0.97]
+    assert sorted(peer_readings(study.get_trials(), 2)) == [0.02, 0.05, 0.1, 0.3, 0.52, 0.55, 0.62]
     assert not objective._at_rung(study.ask(), 1, 10, 0.10, run_id)  # no rung at epoch 1
 
 
 def test_shadow_mode_records_the_stop_and_goes_on(tmp_path: Path, tiny_task) -> None:
     shadow = RungRule(epochs=(2,), margin=0.05, shadow=True)
     objective, run_id = _objective(tmp_path, tiny_task, shadow)
-    trial = optuna.create_study(directions=["maximize", "minimize", "minimize"]).ask()
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _finished(study, 0.62, met_floor=True)
+    trial = study.ask()
     assert not objective._at_rung(trial, 2, 10, 0.30, run_id)
     assert trial.user_attrs[WOULD_STOP_ATTR] == 2 and STOPPED_ATTR not in trial.user_attrs
 
@@ -109,20 +143,28 @@ def test_shadow_mode_records_the_stop_and_goes_on(tmp_path: Path, tiny_task) -> 
 def test_a_stopped_trial_is_complete_infeasible_and_visible_in_mlflow_and_status(
     home: Path, tiny_task
 ) -> None:
-    """End to end (seconds): a candidate pruned by 70% reads far below an exact floor after
-    its first epoch; it completes, labelled, without the rest of its fine-tune."""
-    config = SearchConfig(
-        latency_budget_ms=1000.0, trials=2, early_stop="on", finetune_epochs=3, home=home, seed=0,
-        max_accuracy_drop=0.0, rungs=(1,), rung_margin=0.0, references=False,
-        study_name="rungs",
-        levers=LeverSettings(
-            off=("quant", "width", "lowrank", "lora", "ort"), fixed=(("prune.ratio", 0.7),)
-        ),
-    )  # fmt: skip
-    result = run_search(config, task=tiny_task)
+    """End to end (seconds): a candidate pruned by 10% finishes its fine-tune and meets the
+    floor; resumed, a candidate pruned by 70% reads below it after the first epoch and
+    completes, labelled, without the rest of its fine-tune."""
+    only_pruning = ("quant", "width", "lowrank", "lora", "ort", "depth", "resolution", "distill")
+
+    def search(ratio: float, trials: int):
+        config = SearchConfig(
+            latency_budget_ms=1000.0, trials=trials, early_stop="on", finetune_epochs=3,
+            home=home, seed=0, max_accuracy_drop=0.5, rungs=(1,), rung_margin=0.0,
+            references=False, study_name="rungs",
+            levers=LeverSettings(off=only_pruning, fixed=(("prune.ratio", ratio),)),
+        )  # fmt: skip
+        return config, run_search(config, task=tiny_task)
+
+    search(0.1, trials=2)  # the baseline, then the evidence
+    config, result = search(0.7, trials=1)
 
     study = optuna.load_study(study_name="rungs", storage=config.storage_url)
-    trial = study.trials[1]
+    evidence, trial = study.trials[1], study.trials[2]
+    assert evidence.user_attrs["accuracy_kind"] == "deployed"
+    assert evidence.user_attrs["below_accuracy_floor"] <= 0
+    assert trial.user_attrs[RUNG_ATTR]["1"] < evidence.user_attrs[RUNG_ATTR]["1"]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs[STOPPED_ATTR] == 1
     assert trial.user_attrs["accuracy_kind"] == "stopped at epoch 1"

@@ -152,8 +152,8 @@ def run(
     rung_margin: Annotated[
         float | None,
         typer.Option(
-            help="How far below the accuracy floor a candidate may read at a rung and go on "
-            "(default 0.05: five points).",
+            help="How far a candidate may read at a rung below every finished candidate "
+            "that met the floor and still go on (default 0.05: five points).",
         ),
     ] = None,
     latency_anchor: Annotated[

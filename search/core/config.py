@@ -111,8 +111,8 @@ class SearchConfig:
             ``on`` stops a candidate hopeless at a rung, ``off`` never does, ``shadow``
             records where it would have stopped and never does (to measure the rule).
         rungs: the epochs (from 1) after which a fine-tuning candidate is judged.
-        rung_margin: how far below the accuracy floor a candidate may read at a rung and
-            still go on, in the metric's units.
+        rung_margin: how far a candidate may read at a rung below the lowest reading there
+            of a finished candidate that met the floor, and still go on (metric's units).
         latency_anchor: time each candidate in turn with the baseline's file and scale
             its figures by their ratio (``search.measure.latency.measure_anchored``), so a shared
             machine's slow phases cancel; off, each candidate is timed alone.

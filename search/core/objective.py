@@ -35,7 +35,7 @@ from torch import nn
 from search.common.errors import StudyError
 from search.core.escalation import escalate_reference
 from search.core.phases import PhaseClock
-from search.core.rungs import RungRule, judge, peer_readings
+from search.core.rungs import RungRule, held_readings, judge, peer_readings
 from search.core.sensitivity import int8_drops
 from search.core.space import (
     artifact_techniques,
@@ -591,8 +591,9 @@ class TrialObjective:
         trial.set_user_attr(RUNG_ATTR, readings)
         if any(k in trial.user_attrs for k in ("baseline", *REFERENCE_TAGS)):
             return False
-        peers = peer_readings(trial.study.get_trials(deepcopy=False), epoch, exclude=trial.number)
-        verdict = judge(rule, accuracy=accuracy, floor=self.settings.accuracy_floor, peers=peers)
+        others = trial.study.get_trials(deepcopy=False)
+        peers = peer_readings(others, epoch, exclude=trial.number)
+        verdict = judge(rule, accuracy=accuracy, held=held_readings(others, epoch), peers=peers)
         if not verdict.stop:
             return False
         if rule.shadow:

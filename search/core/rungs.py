@@ -5,20 +5,28 @@ stops candidates fast enough but hopeless in accuracy after the first epochs of 
 instead of all of them. At each rung (an epoch of the planned schedule; the learning
 rate still follows the schedule planned for the full length, so a candidate that goes on
 trains exactly as it would have without the rule) the candidate's validation accuracy of
-the eager model, which the fine-tune computes for its curve anyway, is judged:
+the eager model, which the fine-tune computes for its curve anyway, is judged against
+evidence from the same study, not against the accuracy floor:
 
-* within ``margin`` of the accuracy floor: it goes on (a candidate that can still make
-  the floor is never stopped for ranking low);
-* otherwise, in the top ``keep_fraction`` of the study's candidates at that rung (ASHA's
-  rule, Li et al. 2020: with ``n`` candidates at the rung, the best ``floor(n *
-  keep_fraction)`` go on): it goes on;
+* the bar is the lowest reading at that rung of any candidate that finished its fine-tune
+  and met the accuracy floor, less ``margin``. Early readings say little about final ones
+  in absolute terms (on digits, two epochs of ten read 0.18-0.89 for candidates that
+  ended at 0.983-0.994), but a candidate reading below every one that went on to make the
+  floor is the hopeless one. With no such candidate yet, nothing is stopped. As more
+  candidates finish, the bar can only fall, so a stop is never made on thinner evidence
+  than an earlier go-on;
+* at or above the bar it goes on; below it, it still goes on if it is in the top
+  ``keep_fraction`` of the study's candidates at that rung (ASHA's rule, Li et al. 2020:
+  with ``n`` candidates at the rung, the best ``floor(n * keep_fraction)`` go on);
 * otherwise it stops, and the trial completes with that rung accuracy, labelled as such.
 
-Optuna's own ``SuccessiveHalvingPruner`` is not available to multi-objective studies,
-and its pruned trials leave the sampler nothing; a stopped trial here is a complete,
-infeasible trial the sampler learns from. Reference trials are never stopped. In
-``shadow`` mode the rule only records where it would have stopped: one search then
-measures the rule's false stops (would-stop candidates that ended feasible).
+Reference trials are never stopped, and they finish first, so a study normally has its
+evidence before the sampler's first candidate reaches a rung. Optuna's own
+``SuccessiveHalvingPruner`` is not available to multi-objective studies, and its pruned
+trials leave the sampler nothing; a stopped trial here is a complete, infeasible trial the
+sampler learns from. In ``shadow`` mode the rule only records where it would have
+stopped: one search then measures the rule's false stops (would-stop candidates that
+ended feasible).
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
+
 from search.common.errors import ConfigError
-from search.track.trials import RUNG_ATTR
+from search.track.trials import DEPLOYED, RUNG_ATTR
 
 
 @dataclass(frozen=True)
@@ -39,9 +49,9 @@ class RungRule:
     Attributes:
         epochs: the rungs, as epochs of the schedule counted from 1, after which a
             candidate is judged; rungs at or past the schedule's last epoch are ignored.
-        margin: how far below the accuracy floor, in the metric's units, a candidate
-            may read at a rung and still go on. Early readings are lower than final ones
-            (two epochs of ten on the cosine schedule); the margin is that allowance.
+        margin: how far, in the metric's units, a candidate may read below the lowest
+            reading at the rung of a candidate that went on to meet the floor, and still
+            go on: the allowance for one reading's noise.
         keep_fraction: ASHA's 1/eta: the share of candidates at a rung that go on by
             rank whatever their reading.
         shadow: judge and record, never stop.
@@ -66,37 +76,75 @@ class RungRule:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """One candidate's accuracy at a rung."""
+
+    trial: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
 class RungVerdict:
     stop: bool
     reason: str  # why it goes on or stops, for the trial's record
 
 
-def judge(rule: RungRule, *, accuracy: float, floor: float, peers: Sequence[float]) -> RungVerdict:
-    """Whether a candidate reading ``accuracy`` at a rung stops, among ``peers`` (the other
-    candidates' readings at the same rung, this one's excluded)."""
-    if accuracy >= floor - rule.margin:
-        return RungVerdict(False, f"{accuracy:.4f} within {rule.margin:g} of the floor")
+def judge(
+    rule: RungRule, *, accuracy: float, held: Sequence[Reading], peers: Sequence[float]
+) -> RungVerdict:
+    """Whether a candidate reading ``accuracy`` at a rung stops.
+
+    Args:
+        held: the readings at the same rung of candidates that finished and met the floor.
+        peers: every other candidate's reading at the same rung (this one's excluded).
+    """
+    if not held:
+        return RungVerdict(False, "no finished candidate that met the floor to compare with")
+    lowest = min(held, key=lambda reading: reading.accuracy)
+    bar = lowest.accuracy - rule.margin
+    if accuracy >= bar:
+        return RungVerdict(
+            False,
+            f"{accuracy:.4f} at or above {bar:.4f} (trial {lowest.trial}, which met the floor, "
+            f"read {lowest.accuracy:.4f})",
+        )
     ranked = sorted([*peers, accuracy], reverse=True)
     kept = math.floor(len(ranked) * rule.keep_fraction)
     if kept > 0 and accuracy >= ranked[kept - 1]:
         return RungVerdict(False, f"{accuracy:.4f} in the top {kept} of {len(ranked)} at the rung")
     return RungVerdict(
         True,
-        f"{accuracy:.4f} is more than {rule.margin:g} below the floor {floor:.4f} and not in "
-        f"the top {kept} of {len(ranked)} at the rung",
+        f"{accuracy:.4f} is more than {rule.margin:g} below {lowest.accuracy:.4f}, the lowest "
+        f"reading at the rung of a candidate that met the floor (trial {lowest.trial} of "
+        f"{len(held)}), and not in the top {kept} of {len(ranked)} at the rung",
     )
 
 
 def peer_readings(trials: Iterable[Any], epoch: int, *, exclude: int | None = None) -> list[float]:
     """The readings at rung ``epoch`` of ``trials`` (Optuna trials, any state)."""
-    readings = []
+    return [r.accuracy for r in _readings(trials, epoch) if r.trial != exclude]
+
+
+def held_readings(trials: Iterable[Any], epoch: int) -> list[Reading]:
+    """The readings at rung ``epoch`` of the trials that finished their fine-tune and met
+    the accuracy floor: complete, deployed (not stopped), not below the floor."""
+    finished = [
+        t
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        and t.user_attrs.get("accuracy_kind") == DEPLOYED
+        and float(t.user_attrs.get("below_accuracy_floor", 1.0)) <= 0
+    ]
+    return _readings(finished, epoch)
+
+
+def _readings(trials: Iterable[Any], epoch: int) -> list[Reading]:
+    found = []
     for trial in trials:
-        if trial.number == exclude:
-            continue
         rungs: Mapping[str, float] = trial.user_attrs.get(RUNG_ATTR) or {}
         if str(epoch) in rungs:
-            readings.append(float(rungs[str(epoch)]))
-    return readings
+            found.append(Reading(trial.number, float(rungs[str(epoch)])))
+    return found
 
 
 def parse_rungs(text: str) -> tuple[int, ...]:

@@ -140,6 +140,9 @@ def _int8_drops(
         **{k.partition(".")[2]: v for k, v in QUANT_REFERENCE.items()}  # static, its reference
     )
     modules = {name for name, _ in model.named_modules()}
+    # one calibration for every layer: the float file's activation ranges do not depend on
+    # which node is quantized (about 0.5 s a layer on digits' 52 layers before this)
+    ranges = folder / "calibration.json"
     drops = {}
     for node in graph.node:
         if node.op_type not in QUANTIZED_OPS:
@@ -150,6 +153,7 @@ def _int8_drops(
             calibration=task.data("train"),
             samples=CALIBRATION_SAMPLES,
             nodes=[node.name],
+            calibration_cache=ranges,
         )
         drops[layer_of(node.name, modules)] = 100 * (base - _accuracy(quantized, task, device))
         quantized.path.unlink(missing_ok=True)
