@@ -193,7 +193,8 @@ def test_a_calibration_cache_is_measured_once_and_then_read(tmp_path, tiny_task)
     artifact = export_onnx(model, tiny_task.example_inputs(1), tmp_path / "m.onnx")
     params = QuantParams("int8-static", per_channel=False, activation_type="uint8")
     cache = tmp_path / "ranges.json"
-    first = quantize(artifact, params, calibration=tiny_task.data("train"), calibration_cache=cache)
+    train = tiny_task.data("train")
+    first = quantize(artifact, params, calibration=train, calibration_cache=cache)
     assert cache.is_file()
     measured = first.path.read_bytes()
     shape = tiny_task.example_inputs(1).shape[1:]
