@@ -85,6 +85,15 @@ def expandable_groups(
     return stages
 
 
+REFERENCE_FRACTION = 2 / 3  # of the trained expand ratio: Once-for-All's 4 of 6
+
+
+def reference_ratio(max_ratio: int) -> int:
+    """The reference's expand ratio for a group trained at ``max_ratio``: 6 -> 4, 4 -> 3,
+    3 -> 2, 2 -> 1; always below ``max_ratio``, so the reference narrows every group."""
+    return max(1, min(max_ratio - 1, round(max_ratio * REFERENCE_FRACTION)))
+
+
 def param_name(per: str, index: int) -> str:
     return f"width.expand.{per[0]}{index}"
 
@@ -103,7 +112,19 @@ class ExpandRatio:
         return {param_name(per, i): group[0].max_ratio(model) for i, group in enumerate(groups)}
 
     def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
-        return None
+        """Every group at two thirds of its trained ratio, rounded: Once-for-All's middle
+        expand ratio (6 -> 4). Without a reference of its own the lever only ever reached a
+        model through the sampler, which a 10-trial search on a library-style MobileNet never
+        got to: the other levers' references and their escalations took every trial."""
+        if self.applicability(ctx) is not None:
+            return None
+        per = _per(ctx)
+        model = ctx.base_model
+        groups = expandable_groups(model, ctx.task.example_inputs(1), per)
+        return {
+            param_name(per, i): reference_ratio(group[0].max_ratio(model))
+            for i, group in enumerate(groups)
+        }
 
     def applicability(self, ctx: Context) -> str | None:
         """Why the lever cannot apply to this model, or None when it can."""

@@ -161,3 +161,12 @@ def test_search_space_of_a_library_mobilenet_lists_width_depth_and_resolution(
     model_stage = [row.lever for row in rows if row.stage == "model"]
     assert model_stage.index("depth") < model_stage.index("width")
     assert model_stage[-1] == "resolution"
+
+
+@pytest.mark.parametrize("make", [library_mobilenet_v2, library_mobilenet_v3_small])
+def test_the_width_reference_narrows_every_group_of_a_library_mobilenet(make, tmp_path) -> None:
+    lever, ctx = ExpandRatio(), context(make().eval(), tmp_path)
+    trained, reference = lever.off_params(ctx), lever.reference_params(ctx)
+    assert reference is not None and reference.keys() == trained.keys()
+    assert all(1 <= reference[name] < trained[name] for name in trained)
+    assert lever.space(optuna.trial.FixedTrial(dict(reference)), ctx) is not None

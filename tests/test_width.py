@@ -128,3 +128,18 @@ def test_the_space_names_one_parameter_per_block_when_asked(net, tiny_task, tmp_
     assert sorted(stage_trial.params) == [f"width.expand.s{i}" for i in range(6)]
     assert len(block_trial.params) == 16
     assert all(name.startswith("width.expand.b") for name in block_trial.params)
+
+
+def test_the_reference_narrows_every_group_to_two_thirds(net, tiny_task, tmp_path) -> None:
+    """Once-for-All's middle ratio (6 -> 4): a reference trial of its own, and in the
+    combined one."""
+    from search.core.space import reference_trials
+    from techniques import Context
+    from techniques.width import ExpandRatio, reference_ratio
+
+    assert [reference_ratio(t) for t in (6, 4, 3, 2)] == [4, 3, 2, 1]
+    ctx = Context(tiny_task, "cpu", tmp_path, net)
+    reference = ExpandRatio().reference_params(ctx)
+    assert reference == {f"width.expand.s{i}": 4 for i in range(6)}
+    names = [attrs["reference"] for _, attrs in reference_trials(ctx)]
+    assert "width" in names and "width" in names[-1].split("+")

@@ -109,6 +109,9 @@ COMMANDS: dict[str, str] = {
 # ``search shrink``: the levers that change the network's shape; those given are applied,
 # both at their references when none is
 SHRINK_LEVERS = ("depth", "resolution")
+# levers whose parameters are one per group of blocks, each standing alone: a group the
+# user did not name keeps its trained setting rather than taking the reference's
+PER_GROUP_LEVERS = ("width",)
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,8 @@ def one_shot_params(
     # the reference fills in every lever the command or the user's settings touch
     touched = dict.fromkeys([*levers, *(name.partition(".")[0] for name in given)])
     for name in touched:
-        defaults.update(TECHNIQUES[name].reference_params(ctx) or {})
+        if name not in PER_GROUP_LEVERS:
+            defaults.update(TECHNIQUES[name].reference_params(ctx) or {})
     defaults.update(COMMAND_DEFAULTS.get(command, {}))
     if expand is not None:
         for name, trained in TECHNIQUES["width"].off_params(ctx).items():
