@@ -129,3 +129,30 @@ def test_use_sensitivity_reads_caps_for_this_model_and_refuses_another(
     config = SearchConfig(sensitivity=str(tmp_path / "theirs" / "sensitivity.json"))
     with pytest.raises(ConfigError, match="names layers this model lacks"):
         sensitivity_caps(config, model)
+
+
+@pytest.mark.slow  # 40 s: a whole int8 pass on the tiny model
+def test_int8_drops_are_kept_for_one_model_and_missed_for_another(tiny_task, tmp_path) -> None:
+    """A benchmark runs a dozen studies of one model: the pass runs once for all of them."""
+    import copy
+    import json
+
+    import torch
+
+    from search.core.sensitivity import _fingerprint, int8_drops
+
+    model = tiny_task.build_model()
+    drops = int8_drops(tiny_task, model, cache_dir=tmp_path)
+    (kept,) = tmp_path.glob("int8-sensitivity-*.json")
+    assert json.loads(kept.read_text()) == pytest.approx(drops) and len(drops) > 3
+    kept.write_text(json.dumps(dict.fromkeys(drops, 12.5)))  # read back, not recomputed
+    assert int8_drops(tiny_task, model, cache_dir=tmp_path) == dict.fromkeys(drops, 12.5)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.parameters()).mul_(0.5)
+    files = [
+        export("onnxruntime", m, tiny_task.example_inputs(1), tmp_path / name)
+        for m, name in ((model, "a"), (model, "b"), (changed, "c"))
+    ]
+    same, again, other = (_fingerprint(f, tiny_task, "cpu") for f in files)
+    assert same == again != other and kept.name == f"int8-sensitivity-{same}.json"

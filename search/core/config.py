@@ -264,7 +264,8 @@ class SearchConfig:
 
     @property
     def cache_dir(self) -> Path:
-        """Trained baselines, keyed by a hash of their config; safe to delete."""
+        """Trained baselines and models' int8 sensitivities, keyed by hashes of what they
+        depend on; safe to delete."""
         return self.studies_dir / "cache"
 
     @property

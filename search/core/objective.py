@@ -93,6 +93,8 @@ class TrialSettings:
     seed: int
     latency_first: bool = True  # measure the draft before fine-tuning; stop if too slow
     lock_dir: Path = Path("studies/locks")  # this machine's cross-process measurement locks
+    # where what outlives a study is kept (the int8 sensitivity of a model); None: nowhere
+    cache_dir: Path | None = None
     space_names: tuple[str, ...] = ()  # every parameter name of the space, for the record
     options: Mapping[str, Any] = field(default_factory=dict)  # lever shape options
     runtime: str = ONNXRUNTIME  # what runs the deployed file (search.measure.runtimes)
@@ -249,7 +251,12 @@ class TrialObjective:
             known = study.user_attrs.get(INT8_SENSITIVITY_KEY)
             if known is None:
                 with self._clock.phase("int8_sensitivity"):
-                    known = int8_drops(self.task, self.base_model, device=self.settings.device)
+                    known = int8_drops(
+                        self.task,
+                        self.base_model,
+                        device=self.settings.device,
+                        cache_dir=self.settings.cache_dir,
+                    )
                 study.set_user_attr(INT8_SENSITIVITY_KEY, known)
             self._sensitivity = {str(k): float(v) for k, v in known.items()}
         return self._sensitivity

@@ -261,6 +261,7 @@ def trial_settings(
         accuracy_floor=accuracy_floor,
         latency_first=config.latency_first if latency_first is None else latency_first,
         lock_dir=config.studies_dir / "locks",
+        cache_dir=config.cache_dir,
         device=config.device,
         threads=config.threads,
         batch_size=config.batch_size,

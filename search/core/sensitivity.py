@@ -17,6 +17,8 @@ brings most of it back, so these are not the accuracies a search would reach.
 from __future__ import annotations
 
 import csv
+import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -111,17 +113,51 @@ def analyse(
     return Sensitivity(base, tuple(ratios), list(rows.values()))
 
 
-def int8_drops(task: Task, model: nn.Module, *, device: str = "cpu") -> dict[str, float]:
+def int8_drops(
+    task: Task, model: nn.Module, *, device: str = "cpu", cache_dir: Path | None = None
+) -> dict[str, float]:
     """Each layer of ``model`` quantized to int8 alone: accuracy points lost, by layer.
 
-    What ``quant.fp_layers`` ranks layers by; the search computes it once per study.
+    What ``quant.fp_layers`` ranks layers by; the search computes it once per study. With
+    ``cache_dir`` it is kept there under a fingerprint of everything it depends on (the
+    exported float file, the validation and calibration samples, ONNX Runtime's version,
+    the device), so every later study of the same model reads it back: a benchmark runs a
+    dozen studies of one model, each of which computed it again (about 9 s each on
+    digits, over 2% of the benchmark's trial time).
     """
     with tempfile.TemporaryDirectory(prefix="search-int8-sensitivity-") as scratch:
         folder = Path(scratch)
-        exported = export(ONNXRUNTIME, model, task.example_inputs(1), folder / "float")
-        float_file = compact_names(exported)
-        base = _accuracy(float_file, task, device)
-        return _int8_drops(model, task, folder, base, device)
+        float_file = export(ONNXRUNTIME, model, task.example_inputs(1), folder / "named")
+        cached = None
+        if cache_dir is not None:
+            cached = cache_dir / f"int8-sensitivity-{_fingerprint(float_file, task, device)}.json"
+            if cached.exists():
+                return {str(k): float(v) for k, v in json.loads(cached.read_text()).items()}
+        base = _accuracy(float_file, task, device)  # node names do not change the outputs
+        drops = _int8_drops(model, task, folder, base, device, float_file)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps(drops, indent=1))
+            partial.replace(cached)  # atomic: a concurrent worker reads all of it or none
+        return drops
+
+
+def _fingerprint(float_file: Artifact, task: Task, device: str) -> str:
+    """What the int8 drops depend on, hashed: a change to any of it misses the cache."""
+    import onnxruntime
+
+    digest = hashlib.sha256(float_file.path.read_bytes())
+    for batch in task.data("val"):
+        for tensor in batch:
+            digest.update(tensor.numpy().tobytes())
+    train = task.data("train")  # the batches calibration reads (techniques.quantization)
+    batches = max(1, CALIBRATION_SAMPLES // (train.batch_size or 1))
+    for inputs, _ in itertools.islice(train, batches):
+        digest.update(inputs.numpy().tobytes())
+    digest.update(json.dumps([onnxruntime.__version__, device, CALIBRATION_SAMPLES]).encode())
+    digest.update(json.dumps(dict(QUANT_REFERENCE), sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 def _parameters(model: nn.Module) -> int:
@@ -129,12 +165,20 @@ def _parameters(model: nn.Module) -> int:
 
 
 def _int8_drops(
-    model: nn.Module, task: Task, folder: Path, base: float, device: str
+    model: nn.Module,
+    task: Task,
+    folder: Path,
+    base: float,
+    device: str,
+    float_file: Artifact | None = None,
 ) -> dict[str, float]:
-    """Each Conv/Gemm/MatMul node quantized alone, by the layer its node belongs to."""
+    """Each Conv/Gemm/MatMul node quantized alone, by the layer its node belongs to.
+
+    ``float_file``: ``model`` already exported with its module-path node names."""
     import onnx
 
-    float_file = export(ONNXRUNTIME, model, task.example_inputs(1), folder / "named")
+    if float_file is None:
+        float_file = export(ONNXRUNTIME, model, task.example_inputs(1), folder / "named")
     graph = onnx.load(str(float_file.path)).graph
     params = QuantParams(
         **{k.partition(".")[2]: v for k, v in QUANT_REFERENCE.items()}  # static, its reference
