@@ -302,7 +302,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(home, tiny_task, monk
         raise RuntimeError("calibration exploded")
 
     monkeypatch.setattr(Quantization, "apply", broken)
-    levers = LeverSettings(off=("depth", "resolution"))
+    levers = LeverSettings(off=("depth", "width", "resolution"))
     config = config_for(home, trials=3, levers=levers)
     result = run_search(config, task=tiny_task)  # trial 2 is the int8 reference: it fails
     study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
