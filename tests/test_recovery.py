@@ -123,7 +123,7 @@ def test_a_trial_whose_loss_turns_nan_fails_with_its_reason_and_the_study_goes_o
     result = subprocess.run(
         [sys.executable, "-m", "search.cli", "run", "--task", task, "--latency-budget",
          "1000ms", "--trials", "3", "--finetune-epochs", "1", "--study", "crash",
-         "--off", "depth", "--off", "resolution"],  # references: pruning 50%, then int8
+         "--off", "depth", "--off", "width", "--off", "resolution"],  # pruning 50%, then int8
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
