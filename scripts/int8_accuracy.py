@@ -6,7 +6,9 @@ alpha=0.9, as ``search.core.space.reference_trials`` combines them), caches the 
 model, then deploys it through the quantization lever's own code (``before_export``, export,
 ``apply``) in each combination of per-channel/per-tensor and equalization + bias
 correction off/on, and prints the validation accuracy of every file in ONNX Runtime next
-to the fp32 file's. Accuracy only: latency on a shared machine would mislead.
+to the fp32 file's, and its latency with the search's own protocol (warm-up, repeats,
+median and p95 of one-image calls, one thread; search.measure.latency), the files one after
+another: run it on an otherwise idle machine, as a shared one would mislead.
 
     python scripts/int8_accuracy.py [--model digits|library] [--cache DIR] [--epochs 10]
 
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from search.core.space import baseline_params, replay_plan, trained_model_key  # noqa: E402
 from search.measure.artifact import INPUT_NAME  # noqa: E402
+from search.measure.latency import LatencyStats, measure_latency  # noqa: E402
 from search.measure.onnx_runtime import compact_names  # noqa: E402
 from search.measure.runtimes import evaluate, export  # noqa: E402
 from search.tasks.digits import DigitsConfig, DigitsTask  # noqa: E402
@@ -102,8 +105,9 @@ def reference_model(task: DigitsTask, ctx: Context, epochs: int, cache: Path) ->
 
 def deployed(
     model: torch.nn.Module, params: dict[str, Any], ctx: Context
-) -> tuple[float, np.ndarray]:
-    """Validation accuracy and logits of the file a trial with these params would deploy."""
+) -> tuple[float, np.ndarray, LatencyStats]:
+    """Validation accuracy, logits and latency of the file a trial with these params would
+    deploy."""
     technique: Any = TECHNIQUES["quant"]
     quant = technique.space(optuna.trial.FixedTrial(params), ctx)
     with tempfile.TemporaryDirectory() as folder:
@@ -117,7 +121,8 @@ def deployed(
         logits = np.concatenate(
             [session.run(None, {INPUT_NAME: x.numpy()})[0] for x, _ in ctx.task.data("val")]
         )
-        return evaluate(artifact, ctx.task.data("val"), ctx.task.metric), logits
+        latency = measure_latency(artifact, ctx.task.example_inputs(1).numpy(), threads=1)
+        return evaluate(artifact, ctx.task.data("val"), ctx.task.metric), logits, latency
 
 
 def main() -> None:
@@ -135,8 +140,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         ctx = Context(task=task, device="cpu", workdir=Path(workdir), base_model=base)
         model = reference_model(task, ctx, args.epochs, args.cache)
-        accuracy, reference = deployed(model, {"quant.scheme": "fp32"}, ctx)
-        rows = [("fp32", "-", accuracy, 0.0, 1.0)]
+        accuracy, reference, latency = deployed(model, {"quant.scheme": "fp32"}, ctx)
+        rows = [("fp32", "-", accuracy, 0.0, 1.0, latency)]
         repairs = {"off": (False, False), "equalize": (True, False),
                    "bias correction": (False, True), "both": (True, True)}  # fmt: skip
         for per_channel in (True, False):
@@ -148,15 +153,21 @@ def main() -> None:
                     "quant.bias_correction": bias_correction,
                 }
                 granularity = "per-channel" if per_channel else "per-tensor"
-                accuracy, logits = deployed(model, params, ctx)
+                accuracy, logits, latency = deployed(model, params, ctx)
                 error = float(np.abs(logits - reference).mean())
                 agree = float((logits.argmax(1) == reference.argmax(1)).mean())
-                rows.append((f"int8 static {granularity}", repair, accuracy, error, agree))
+                rows.append(
+                    (f"int8 static {granularity}", repair, accuracy, error, agree, latency)
+                )
     print(f"| {task.name} 50%-pruned reference | repair | val accuracy "
-          "| mean abs logit error vs fp32 | top-1 agreement with fp32 |")  # fmt: skip
-    print("|---|---|---|---|---|")
-    for name, repair, accuracy, error, agree in rows:
-        print(f"| {name} | {repair} | {accuracy:.4f} | {error:.4f} | {agree:.4f} |")
+          "| mean abs logit error vs fp32 | top-1 agreement with fp32 "
+          "| p50 ms | p95 ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for name, repair, accuracy, error, agree, latency in rows:
+        print(
+            f"| {name} | {repair} | {accuracy:.4f} | {error:.4f} | {agree:.4f} "
+            f"| {latency.p50_ms:.4f} | {latency.p95_ms:.4f} |"
+        )
 
 
 if __name__ == "__main__":
