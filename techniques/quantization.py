@@ -220,11 +220,11 @@ class Quantization:
             return model
         samples = DRAFT_CALIBRATION_SAMPLES if ctx.draft else CALIBRATION_SAMPLES
         if params.equalize:
-            model, _ = equalize(model, _inputs(ctx.task.data("train"), samples))
+            model, _ = equalize(model, calibration_inputs(ctx.task.data("train"), samples))
         if params.bias_correction:
             model = correct_biases(
                 model,
-                _inputs(ctx.task.data("train"), samples),
+                calibration_inputs(ctx.task.data("train"), samples),
                 per_channel=params.per_channel,
                 reduce_range=params.reduce_range,
                 skip=float_layers(ctx, params.fp_layers),
@@ -286,8 +286,9 @@ def excluded_nodes(artifact: Artifact, layers: tuple[str, ...]) -> list[str]:
     ]
 
 
-def _inputs(loader: DataLoader, samples: int) -> Iterator[torch.Tensor]:
-    """The first ``samples`` training inputs, batch by batch (targets dropped)."""
+def calibration_inputs(loader: DataLoader, samples: int) -> Iterator[torch.Tensor]:
+    """The first ``samples`` training inputs, batch by batch (targets dropped): what every
+    calibration here reads, and what a cache of its results must be keyed by."""
     batches = max(1, samples // (loader.batch_size or 1))
     for inputs, _ in itertools.islice(loader, batches):
         yield inputs
@@ -468,9 +469,10 @@ class _CalibrationReader:
     """Feeds the first ``limit`` training inputs to ONNX Runtime's calibrator."""
 
     def __init__(self, loader: DataLoader, limit: int) -> None:
-        batches = []
-        for inputs, _ in itertools.islice(loader, max(1, limit // (loader.batch_size or 1))):
-            batches.append(np.ascontiguousarray(inputs.numpy(), dtype=np.float32))
+        batches = [
+            np.ascontiguousarray(inputs.numpy(), dtype=np.float32)
+            for inputs in calibration_inputs(loader, limit)
+        ]
         self._batches = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:

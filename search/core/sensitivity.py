@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import itertools
 import json
 import os
 import tempfile
@@ -36,7 +35,7 @@ from search.measure.runtimes import ONNXRUNTIME, evaluate, export
 from search.train.task import Task
 from techniques.pruning import prunable_layers, prune_channels
 from techniques.quantization import REFERENCE as QUANT_REFERENCE
-from techniques.quantization import QuantParams, quantize
+from techniques.quantization import QuantParams, calibration_inputs, quantize
 
 EXPERIMENT = "sensitivity"
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
@@ -151,9 +150,7 @@ def _fingerprint(float_file: Artifact, task: Task, device: str) -> str:
     for batch in task.data("val"):
         for tensor in batch:
             digest.update(tensor.numpy().tobytes())
-    train = task.data("train")  # the batches calibration reads (techniques.quantization)
-    batches = max(1, CALIBRATION_SAMPLES // (train.batch_size or 1))
-    for inputs, _ in itertools.islice(train, batches):
+    for inputs in calibration_inputs(task.data("train"), CALIBRATION_SAMPLES):
         digest.update(inputs.numpy().tobytes())
     digest.update(json.dumps([onnxruntime.__version__, device, CALIBRATION_SAMPLES]).encode())
     digest.update(json.dumps(dict(QUANT_REFERENCE), sort_keys=True, default=str).encode())
