@@ -166,7 +166,12 @@ class Quantization:
         return {"quant.scheme": "fp32"}
 
     def reference_params(self, ctx: Context) -> Mapping[str, Any] | None:
-        return REFERENCE
+        """Static int8 where the runtime runs it; else half precision (the PyTorch runtimes
+        on CUDA); none where float32 is all there is (the PyTorch runtimes on the CPU)."""
+        offered = formats(ctx.runtime, ctx.device)
+        if REFERENCE["quant.scheme"] in offered:
+            return REFERENCE
+        return {"quant.scheme": "fp16"} if "fp16" in offered else None
 
     def applicability(self, ctx: Context) -> str | None:
         return None

@@ -309,12 +309,32 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(home, tiny_task, monk
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed and result.trials_failed == len(failed)
     assert "calibration exploded" in failed[0].user_attrs["fail_reason"]
+
     run = MlflowClient(tracking_uri=config.mlflow_uri).get_run(
         failed[0].user_attrs["mlflow_run_id"]
     )
     assert run.info.status == "FAILED"
     assert "calibration exploded" in run.data.tags["failure_reason"]
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_trial_that_fails_while_sampling_keeps_its_reason(home, tiny_task, monkeypatch) -> None:
+    """A reference outside its runtime's choices fails in ``sample_plan``, before the trial's
+    MLflow run exists; the study still says why (it said nothing, on an H200)."""
+    from techniques.quantization import Quantization
+
+    monkeypatch.setattr(
+        Quantization, "reference_params", lambda self, ctx: {"quant.scheme": "int4"}
+    )
+    levers = LeverSettings(off=("depth", "width", "resolution"))
+    config = config_for(home, trials=5, levers=levers)
+    result = run_search(config, task=tiny_task)  # 2: the quantization reference; 3: with pruning
+    study = optuna.load_study(study_name=result.study_name, storage=config.storage_url)
+    trial = study.trials[2]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert "int4" in trial.user_attrs["fail_reason"]
+    assert "int4" in study.trials[3].user_attrs["fail_reason"]
+    assert study.trials[4].state == optuna.trial.TrialState.COMPLETE  # the study went on
 
 
 def test_a_model_that_fails_to_build_is_one_clear_error(home, tiny_task, monkeypatch) -> None:

@@ -1,5 +1,7 @@
 """Levers off, parameters fixed, options: checked against the real space, pinned in Optuna."""
 
+from dataclasses import replace
+
 import optuna
 import pytest
 
@@ -90,6 +92,30 @@ def test_fixed_values_are_pinned_in_sampled_trials_and_the_study_can_change_them
                 assert trial.params[name] == value
             study.tell(trial, (0.5, 1.0))
     assert len(study.trials) == 10
+
+
+@pytest.mark.parametrize(
+    ("runtime", "device"),
+    [("onnxruntime", "cpu"), ("onnxruntime", "cuda"), ("torch", "cpu"), ("torch", "cuda")],
+)
+def test_every_reference_is_in_the_space_of_its_runtime(ctx, runtime, device) -> None:
+    """Enqueued into a real study, each reference samples without error: a value outside a
+    categorical's choices fails the trial (int8 on the PyTorch runtime did, on an H200)."""
+    target = replace(ctx, runtime=runtime, device=device)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    references = reference_trials(target)
+    for params, _ in references:
+        study.enqueue_trial(params)
+    for params, _ in references:
+        trial = study.ask()
+        sample_plan(trial, target)
+        assert {k: trial.params[k] for k in params if k in trial.params} == {
+            k: v for k, v in params.items() if k in trial.params
+        }
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    schemes = {p.get("quant.scheme") for p, _ in references}
+    expected = {"onnxruntime": "int8-static", "torch": "fp16" if device == "cuda" else None}
+    assert (expected[runtime] in schemes) if expected[runtime] else schemes == {"fp32"}
 
 
 def test_references_obey_fixes_but_the_baseline_stays_uncompressed(ctx) -> None:

@@ -9,7 +9,7 @@ import torch
 from search.measure.latency import measure_latency
 from search.measure.onnx_runtime import export_onnx
 from search.measure.runtimes import evaluate, export, graph_signature, open_predictor
-from search.measure.torch_runtime import export_program, to_half
+from search.measure.torch_runtime import export_program, on_device, to_half
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,20 @@ def test_program_signature_ignores_weight_values(tiny_task, tmp_path) -> None:
     second = export("torch", perturbed, tiny_task.example_inputs(1), tmp_path / "b")
     assert graph_signature(first) == graph_signature(second)
     assert graph_signature(first) != graph_signature(to_half(first, "fp16"))
+
+
+def test_a_program_moved_to_a_device_names_no_other_device_in_its_graph(program) -> None:
+    """Half precision writes the tracing device into the graph; moving only the weights
+    left it there, and the program refused CUDA inputs (on an H200)."""
+    half = torch.export.load(str(to_half(program, "fp16").path))
+
+    def devices(exported: torch.export.ExportedProgram) -> set[str]:
+        return {str(n.kwargs["device"]) for n in exported.graph.nodes if "device" in n.kwargs}
+
+    assert "cpu" in devices(half)
+    moved = on_device(half, "meta")
+    assert devices(moved) == {"meta"}
+    assert all(t.device.type == "meta" for t in moved.state_dict.values())
 
 
 @pytest.mark.gpu

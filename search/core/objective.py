@@ -184,10 +184,15 @@ class TrialObjective:
             threads=self.settings.threads,
         )
         self._clock = PhaseClock()
-        plan = sample_plan(trial, ctx)
-        kept = getattr(plan.get("quant"), "fp_layers", 0)
-        if kept:  # mixed precision ranks the layers by what int8 costs each alone
-            ctx = replace(ctx, int8_sensitivity=self._int8_sensitivity(trial.study))
+        try:
+            plan = sample_plan(trial, ctx)
+            kept = getattr(plan.get("quant"), "fp_layers", 0)
+            if kept:  # mixed precision ranks the layers by what int8 costs each alone
+                ctx = replace(ctx, int8_sensitivity=self._int8_sensitivity(trial.study))
+        except BaseException as error:  # before its MLflow run: the study keeps the reason
+            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         run_id = self.link.tracker.start_run(
             self.link.experiment_id,
             name=run_name(trial.number, plan),

@@ -67,8 +67,14 @@ def _status_kib(field: str) -> int | None:
 
 @contextmanager
 def _cuda_peak(runtime: str, result: PeakMemory) -> Iterator[None]:
+    import gc
+
     import torch
 
+    # Models measured before this one sit in reference cycles (fx graph modules) until the
+    # collector runs; were it to run inside the block, their freed memory would hide this
+    # model's and the peak would read 0 (seen on an H200, 2026-12-04).
+    gc.collect()
     torch.cuda.synchronize()
     if runtime.startswith("torch"):
         start = torch.cuda.memory_allocated()

@@ -86,7 +86,7 @@ def torch_predictor(
     restored after. On CUDA each call copies in, runs, and copies back, which waits for the
     device; there is no asynchronous work left when ``run`` returns.
     """
-    module = torch.export.load(str(path)).module().to(device)
+    module = on_device(torch.export.load(str(path)), device).module()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     if compiled:
@@ -114,6 +114,21 @@ def torch_predictor(
         torch.set_num_threads(previous_threads)
         if compiled:
             torch._dynamo.reset()  # drop the compiled graphs with the predictor
+
+
+def on_device(program: torch.export.ExportedProgram, device: str) -> torch.export.ExportedProgram:
+    """``program`` with its weights and the devices written in its graph moved to ``device``.
+
+    Why not ``module().to(device)``: export writes the device it traced on into the graph
+    (a ``.to(dtype)`` leaves an ``_assert_tensor_metadata(..., device=cpu)``), and moving
+    the weights leaves those behind, so a half-precision program exported on the CPU
+    refused CUDA inputs (seen on an H200, 2026-12-04). PyTorch's pass rewrites both.
+    """
+    if device == "cpu":
+        return program
+    from torch.export.passes import move_to_device_pass
+
+    return move_to_device_pass(program, device)
 
 
 def _input_shape(path: Path) -> tuple[int, ...]:
