@@ -55,7 +55,7 @@ from search.track.trials import (
     study_rule,
 )
 from search.train.task import Task
-from techniques import TECHNIQUES
+from techniques import TECHNIQUES, Context
 
 Say = Callable[[str], None]
 
@@ -527,8 +527,12 @@ def _references(
     """
     targets = []
     study = None
-    for index, lever in enumerate(("quant", "prune")):
-        reference = TECHNIQUES[lever].reference_params(None)  # type: ignore[arg-type]
+    ctx = Context(
+        task, base_config.device, folder, task.build_model(), runtime=base_config.runtime
+    )
+    levers_with_reference = [n for n in ("quant", "prune") if TECHNIQUES[n].reference_params(ctx)]
+    for index, lever in enumerate(levers_with_reference):
+        reference = TECHNIQUES[lever].reference_params(ctx) or {}
         levers = LeverSettings(
             off=tuple(name for name in TECHNIQUES if name != lever),
             fixed=tuple(reference.items()),
@@ -547,7 +551,11 @@ def _references(
         )
         study = _search(config, task, say)
         last = study.trials[-1]
-        label = "int8 static alone" if lever == "quant" else "pruning 50% alone"
+        label = (
+            f"{reference['quant.scheme'].replace('-', ' ')} alone"  # int8 static, or fp16
+            if lever == "quant"
+            else "pruning 50% alone"
+        )
         target = trial_target(study, last.number, config.mlflow_uri, folder / "references")
         targets.append(replace(target, name=f"{label} (trial {last.number})"))
     assert study is not None
