@@ -530,9 +530,12 @@ def _references(
     ctx = Context(
         task, base_config.device, folder, task.build_model(), runtime=base_config.runtime
     )
-    levers_with_reference = [n for n in ("quant", "prune") if TECHNIQUES[n].reference_params(ctx)]
-    for index, lever in enumerate(levers_with_reference):
-        reference = TECHNIQUES[lever].reference_params(ctx) or {}
+    references = {
+        name: reference
+        for name in ("quant", "prune")
+        if (reference := TECHNIQUES[name].reference_params(ctx)) is not None
+    }
+    for index, (lever, reference) in enumerate(references.items()):
         levers = LeverSettings(
             off=tuple(name for name in TECHNIQUES if name != lever),
             fixed=tuple(reference.items()),
