@@ -44,3 +44,37 @@ def test_a_sqlite_path_that_cannot_be_opened_fails_at_once_with_one_line(tmp_pat
     with pytest.raises(StudyError, match="cannot open it") as caught:
         make_storage(url)
     assert "\n" not in str(caught.value)
+
+
+ENQUEUED = 150
+POPPERS = 3
+
+
+def _pop_all(url: str, barrier: Any, results: Any) -> None:
+    study = optuna.load_study(study_name="queue", storage=make_storage(url))
+    barrier.wait()  # all at once, as workers started together reach the enqueued trials
+    popped = []
+    while (trial_id := study._pop_waiting_trial_id()) is not None:
+        popped.append(trial_id)
+    results.put(popped)
+
+
+def test_an_enqueued_trial_goes_to_exactly_one_of_the_workers(tmp_path: Path) -> None:
+    """SQLite ignores Optuna's FOR UPDATE: two workers once both ran one enqueued trial."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="queue", storage=make_storage(url))
+    for index in range(ENQUEUED):
+        study.enqueue_trial({"x": index})
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(POPPERS), context.Queue()
+    poppers = [
+        context.Process(target=_pop_all, args=(url, barrier, results)) for _ in range(POPPERS)
+    ]
+    for popper in poppers:
+        popper.start()
+    popped = [results.get(timeout=120) for _ in poppers]
+    for popper in poppers:
+        popper.join(timeout=60)
+    handed_out = [trial_id for share in popped for trial_id in share]
+    assert len(handed_out) == ENQUEUED  # before the fix: 16 of 200 were handed out twice
+    assert sorted(handed_out) == sorted(t._trial_id for t in study.trials)

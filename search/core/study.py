@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 
 from search.common.errors import StudyError
 from search.core.config import SearchConfig, format_ms
@@ -83,7 +84,9 @@ def make_storage(
         )
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        # isolation_level None: Python's sqlite3 emits no BEGIN of its own, so the one
+        # SQLAlchemy's "begin" event emits (_begin_immediate) is the only one.
+        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
     heartbeat: dict[str, Any] = {}
     if heartbeat_s is not None:
         heartbeat = {
@@ -93,7 +96,10 @@ def make_storage(
         }
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            if scheme == "sqlite":
+                sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+            return storage
         except ImportError as error:  # a driver is missing: trying again will not help
             last: Exception = error
             break
@@ -109,6 +115,20 @@ def make_storage(
                 time.sleep(0.5 * (attempt + 1))
     reason = mask_password(f"{type(last).__name__}: {last}".splitlines()[0], url)
     raise StudyError(f"--storage {redact_url(url)}: cannot open it: {reason}") from last
+
+
+def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+    """Open each SQLite transaction with the database's write lock.
+
+    Optuna hands an enqueued trial to one worker by reading it WAITING and writing it
+    RUNNING under ``SELECT ... FOR UPDATE``, which SQLite ignores; Python's sqlite3 also
+    reads outside any transaction. Two workers could both read WAITING and both run the
+    same trial, and the second to finish failed with "Cannot tell a COMPLETE trial"
+    (measured: 3 processes popping 200 enqueued trials ran 16 of them twice). ``BEGIN
+    IMMEDIATE`` makes read-then-write one step; the others wait (``timeout``), as
+    PostgreSQL's row lock makes them wait there.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _lost_a_setup_race(error: Exception) -> bool:
