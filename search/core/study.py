@@ -7,7 +7,9 @@ the history and the sampler learns from them rather than never seeing them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -96,9 +98,13 @@ def make_storage(
         }
     for attempt in range(OPEN_ATTEMPTS):
         try:
+            if scheme == "sqlite":
+                _write_ahead_log(url)
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
             if scheme == "sqlite":
+                sqlalchemy.event.listen(storage.engine, "connect", _sync_normal)
                 sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+                storage.engine.dispose()  # the connections opened before the listeners
             return storage
         except ImportError as error:  # a driver is missing: trying again will not help
             last: Exception = error
@@ -115,6 +121,29 @@ def make_storage(
                 time.sleep(0.5 * (attempt + 1))
     reason = mask_password(f"{type(last).__name__}: {last}".splitlines()[0], url)
     raise StudyError(f"--storage {redact_url(url)}: cannot open it: {reason}") from last
+
+
+def _write_ahead_log(url: str) -> None:
+    """Switch a SQLite file to write-ahead logging (kept by the file; a no-op once set).
+
+    In its default rollback-journal mode every commit syncs the disk twice, and a trial
+    commits about sixty times (each user attr, each suggested parameter): 3.6 ms per
+    ``set_user_attr`` against 1.0 ms with the log and ``synchronous=NORMAL``
+    (``_sync_normal``). Readers (``search status``, the parent of ``--workers``) no longer
+    wait for a writer either. A process that crashes loses nothing committed; a power cut
+    may lose the last commits, never the file. The log needs the processes on one machine,
+    as SQLite does anyway: many machines share PostgreSQL.
+    """
+    database = sqlalchemy.engine.make_url(url).database
+    if not database or database == ":memory:":
+        return
+    with contextlib.closing(sqlite3.connect(database, timeout=60, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
+def _sync_normal(connection: sqlite3.Connection, _record: Any) -> None:
+    """Sync a write-ahead log at checkpoints, not at each commit (per connection)."""
+    connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
