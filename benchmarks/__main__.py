@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.compare import agreement
 
         ok, lines = agreement(args.first, args.second)
-        print("\n".join(lines))
+        print("\n".join(lines + _speed(args.first, args.second)))
         return 0 if ok else 1
     from search.common.errors import ConfigError
 
@@ -155,6 +155,20 @@ def _serve_load(args: argparse.Namespace) -> int:
     stem.with_suffix(".json").write_text(json.dumps({"commit": _commit(), "rows": rows}, indent=2))
     print(text + f"wrote {stem}.md and .json")
     return 0
+
+
+def _speed(first: Path, second: Path) -> list[str]:
+    """The searches against wall time, where both runs' work folders are still here."""
+    import json
+
+    from benchmarks.search_speed import searches_in, speed_lines, storage_of
+
+    folders = [json.loads(path.read_text()).get("work_folder") for path in (first, second)]
+    storages = [storage_of(Path(folder)) if folder else None for folder in folders]
+    if None in storages:
+        return ["searches against wall time: a work folder is gone; not compared"]
+    lines = speed_lines(*(searches_in(s) for s in storages if s is not None))
+    return ["searches against wall time (first vs second):", *(f"  {line}" for line in lines)]
 
 
 def _commit() -> str:

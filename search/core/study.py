@@ -64,6 +64,7 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 # becomes FAIL and is retried once by the next worker (``RetryHeartbeatStaleTrialCallback``).
 GRACE_BEATS = 4
 OPEN_ATTEMPTS = 3
+WAL_SWITCH_WAIT_S = 30.0
 
 
 def make_storage(
@@ -138,7 +139,18 @@ def _write_ahead_log(url: str) -> None:
     if not database or database == ":memory:":
         return
     with contextlib.closing(sqlite3.connect(database, timeout=60, isolation_level=None)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+        # Switching needs the file to itself and answers "locked" at once, not after the
+        # timeout, while another process has it open: processes that meet on a new file
+        # (workers, a reader) wait here until one of them has switched it.
+        deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+        while True:
+            try:  # the mode in force after it: "wal", or the old one where WAL cannot be
+                db.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
 
 
 def _sync_normal(connection: sqlite3.Connection, _record: Any) -> None:
