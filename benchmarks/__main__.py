@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--work", type=Path, help="work folder (default benchmarks/work/<time>)")
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    check = commands.add_parser("compare", help="do two results files agree?")
+    check = commands.add_parser(
+        "compare",
+        help="do two results files agree? (with both work folders here, also which run's "
+        "searches reached their fronts sooner)",
+    )
     check.add_argument("first", type=Path)
     check.add_argument("second", type=Path)
     load = commands.add_parser("serve-load", help="search serve with batching off and on")

@@ -12,6 +12,7 @@ end before many candidates have reached a rung.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +42,10 @@ class Search:
 
     def seconds_to_reach(self, target: float) -> float | None:
         """When this search's front first reached ``target`` (None: never)."""
-        for seconds, _ in self.points:
-            if self.hypervolume_at(seconds) >= target:
-                return seconds
-        return None
+        times = [seconds for seconds, _ in self.points]
+        volumes = curve(self.points, self.box, times)
+        reached = [t for t, v in zip(times, volumes, strict=True) if v >= target]
+        return reached[0] if reached else None
 
 
 def search_of(study: optuna.Study) -> Search:
@@ -90,18 +91,17 @@ def speed_lines(first: dict[str, Search], second: dict[str, Search]) -> list[str
             + ("never" if reached is None else f"at {reached:.0f} s ({reached / one.seconds:.2f})")
         )
     if time_ratios:
+        volume = (
+            f"{statistics.median(volume_ratios):.2f}x the first's"
+            if volume_ratios
+            else "not comparable"
+        )
         lines.append(
             f"median over {len(time_ratios)} searches: the second took "
-            f"{_median(time_ratios):.2f} of the first's wall time; hypervolume at equal time "
-            + (f"{_median(volume_ratios):.2f}x the first's" if volume_ratios else "not comparable")
+            f"{statistics.median(time_ratios):.2f} of the first's wall time; hypervolume at "
+            f"equal time {volume}"
         )
     return lines
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def storage_of(work_folder: Path) -> str | None:

@@ -85,8 +85,9 @@ def make_storage(
             f"--storage {redact_url(url)}: unknown scheme {scheme!r}; use sqlite:///path, "
             "postgresql://user@host/db or mysql://user@host/db"
         )
+    sqlite = scheme == "sqlite"
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
+    if sqlite:
         # isolation_level None: Python's sqlite3 emits no BEGIN of its own, so the one
         # SQLAlchemy's "begin" event emits (_begin_immediate) is the only one.
         engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
@@ -99,10 +100,10 @@ def make_storage(
         }
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            if scheme == "sqlite":
+            if sqlite:
                 _write_ahead_log(url)
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-            if scheme == "sqlite":
+            if sqlite:
                 sqlalchemy.event.listen(storage.engine, "connect", _sync_normal)
                 sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
                 storage.engine.dispose()  # the connections opened before the listeners
@@ -116,7 +117,7 @@ def make_storage(
             # (SQLite included: a second worker, or a reader, on a fresh file); the loser's
             # "already exists" is gone a moment later. A bad SQLite path fails at once; a
             # server may be starting, so any other error is tried again too.
-            if scheme == "sqlite" and not _lost_a_setup_race(error):
+            if sqlite and not _lost_a_setup_race(error):
                 break
             if attempt + 1 < OPEN_ATTEMPTS:
                 time.sleep(0.5 * (attempt + 1))
