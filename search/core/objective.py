@@ -56,6 +56,7 @@ from search.measure.latency import (
     measurement_lock,
 )
 from search.measure.onnx_runtime import compact_names
+from search.measure.refill import Template, disagreement, make_template, refill
 from search.measure.runtimes import ONNXRUNTIME, export, formats, graph_signature
 from search.measure.runtimes import predict as predict_file
 from search.track.tracker import STUDY_TAG, TRIAL_TAG, Tracker
@@ -76,6 +77,7 @@ from techniques import Context
 from techniques.quantization import float_layers
 
 MODEL_CACHE_SIZE = 4
+REFILL_CHECK_INPUTS = 8  # examples a refilled final file must agree with the model on
 INT8_SENSITIVITY_KEY = "int8_sensitivity"  # study user attr: layer -> int8 drop (points)
 REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
 
@@ -119,6 +121,16 @@ class Stopped:
 
     epoch: int  # counted from 1
     accuracy: float  # the eager model's validation reading there
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A file made by ``_deploy``, with what a later refill of its graph needs."""
+
+    artifact: Artifact
+    exported: nn.Module  # the model the exporter read (after the int8 repairs)
+    float_file: bytes | None  # the ONNX file as the exporter wrote it; None: not ONNX
+    how: str  # "exported", or "refilled from the draft" (search.measure.refill)
 
 
 @dataclass(frozen=True)
@@ -289,7 +301,8 @@ class TrialObjective:
         # A draft that will be fine-tuned is only timed, never shipped: its number-format
         # conversion may calibrate on fewer samples (same graph, so the same latency).
         draft_ctx = replace(ctx, draft=True) if fine_tunes(plan) else ctx
-        draft = self._deploy(architecture, plan, draft_ctx, "draft")
+        drafted = self._deploy(architecture, plan, draft_ctx, "draft")
+        draft = drafted.artifact
         # The baseline is every ratio's reference: always a full measurement, never screened.
         screen = self.settings.latency_first and not trial.user_attrs.get("baseline")
         latency = self._latency(trial, draft, screen=screen)
@@ -299,18 +312,33 @@ class TrialObjective:
             return self._record(
                 trial, run_id, architecture, draft, latency, started, kind=BEFORE_FINE_TUNING
             )
+        template = self._template(drafted)  # now: fine-tuning changes the draft's weights
         model, stopped = self._fine_tuned(trial, plan, ctx, run_id, architecture, key)
         if stopped is not None:  # hopeless at a rung: the draft has its graph, size, latency
             return self._record(
                 trial, run_id, model, draft, latency, started,
                 kind=stopped_kind(stopped.epoch), accuracy=stopped.accuracy,
             )  # fmt: skip
-        final = self._deploy(model, plan, ctx, "final")
-        latency = self._latency(trial, final, screen=False)
-        return self._record(trial, run_id, model, final, latency, started)
+        deployed = self._deploy(model, plan, ctx, "final", template=template)
+        trial.set_user_attr("final_file", deployed.how)
+        latency = self._latency(trial, deployed.artifact, screen=False)
+        return self._record(trial, run_id, model, deployed.artifact, latency, started)
 
-    def _deploy(self, model: nn.Module, plan: dict[str, Any], ctx: Context, kind: str) -> Artifact:
-        """Export ``model`` and apply the artifact levers: the file that would ship."""
+    def _deploy(
+        self,
+        model: nn.Module,
+        plan: dict[str, Any],
+        ctx: Context,
+        kind: str,
+        template: Template | str | None = None,
+    ) -> Deployed:
+        """Export ``model`` and apply the artifact levers: the file that would ship.
+
+        With a ``template`` (the draft's file and recipes), the float file is the draft's
+        graph refilled with ``model``'s weights if ONNX Runtime then computes what
+        ``model`` computes; otherwise it is exported (a string ``template`` says why
+        there is none).
+        """
         example = self.task.example_inputs(1)
         with self._clock.phase("convert"):  # int8 repairs on the model (equalize, bias)
             for name, technique in artifact_techniques():
@@ -318,13 +346,42 @@ class TrialObjective:
                     model = technique.before_export(model, plan[name], ctx)
         with self._clock.phase("export"):
             path = ctx.workdir / kind / "model"
-            artifact = export(self.settings.runtime, model, example, path)
+            artifact, how = self._refilled(template, model, path.with_suffix(".onnx"))
+            if artifact is None:
+                artifact = export(self.settings.runtime, model, example, path)
+            drafting = kind == "draft" and artifact.format == "onnx"
+            float_file = artifact.path.read_bytes() if drafting else None
         with self._clock.phase("convert"):
             for name, technique in artifact_techniques():
                 if plan[name] is not None:
                     artifact = technique.apply(artifact, plan[name], ctx)
         with self._clock.phase("export"):
-            return compact_names(artifact)
+            return Deployed(compact_names(artifact), model, float_file, how)
+
+    def _template(self, drafted: Deployed) -> Template | str:
+        """The draft's float file with a recipe per weight, or why it has none."""
+        if drafted.float_file is None:
+            return "not an ONNX file"
+        with self._clock.phase("export"):
+            template, why = make_template(
+                drafted.exported, drafted.float_file, self.task.example_inputs(1)
+            )
+        return template if template is not None else why
+
+    def _refilled(
+        self, template: Template | str | None, model: nn.Module, path: Path
+    ) -> tuple[Artifact | None, str]:
+        """``template`` refilled with ``model``'s weights and checked, or None and why not."""
+        if template is None:
+            return None, "exported"
+        if isinstance(template, str):
+            return None, f"exported: {template}"
+        artifact, why = refill(template, model, path)
+        if artifact is not None:
+            why = disagreement(artifact, model, self.task.example_inputs(REFILL_CHECK_INPUTS))
+            if not why:
+                return artifact, "refilled from the draft"
+        return None, f"exported: {why}"
 
     def _latency(self, trial: optuna.Trial, artifact: Artifact, *, screen: bool) -> LatencyStats:
         """The latency of ``artifact``'s graph: from the study if known, else measured.

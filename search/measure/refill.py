@@ -1,0 +1,244 @@
+"""A fine-tuned model's ONNX file from its draft's: same graph, new weights, checked.
+
+A trial exports its candidate twice: the draft (before fine-tuning, to time it) and the
+final file (after). Fine-tuning changes weights, never the graph, so the second trace
+through the exporter (about 0.2 s here, a quarter of a trial's own overhead) redoes work
+whose result is known. Instead the draft's float file is kept with a *recipe* for each of
+its initializers: which parameter or buffer of the model it is, that tensor transposed
+(a ``Linear`` on a sequence becomes a ``MatMul``), or a convolution with the batch norm
+the exporter folded into it. The recipes are found by value, on the draft model, so any
+network works without knowing its classes. The final file is the draft's graph with the
+recipes evaluated on the fine-tuned model.
+
+Nothing is taken on trust: the refilled file is run in ONNX Runtime against the
+PyTorch model on real inputs and used only if the outputs agree; otherwise (or where a
+recipe is missing, ambiguous, or an unexplained float initializer is large) the caller
+exports as before, and is told why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.measure.artifact import INPUT_NAME, Artifact
+
+# A recipe: ("tensor", name) | ("transposed", name) | ("folded_weight" | "folded_bias",
+# conv_name, norm_name)
+Recipe = tuple[str, ...]
+
+# Matching the draft's initializers to the model's tensors: the exporter folds a batch
+# norm in float32 in its own order of operations, so equal means equal to rounding.
+MATCH_RTOL, MATCH_ATOL = 1e-5, 1e-7
+# An unexplained float initializer this large is a weight the recipes do not cover (a
+# constant the exporter computed from several parameters): the file cannot be refilled.
+MAX_UNEXPLAINED_ELEMENTS = 16
+# The refilled file must compute what the model computes, to this tolerance relative
+# to the outputs' scale: float32 reordering differs by about 1e-6; a stale weight by far
+# more after any fine-tuning.
+AGREE_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Template:
+    """The draft's float ONNX file, serialised, and each initializer's recipes (several
+    where values coincided on the draft; a refill needs them to agree again)."""
+
+    model_bytes: bytes
+    recipes: dict[str, tuple[Recipe, ...]]  # initializer name -> recipes
+
+
+def folded_pairs(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, str]]:
+    """(convolution, batch norm) pairs where the norm reads the convolution's output, in
+    one forward pass: the pairs an ONNX exporter may fold into one ``Conv``."""
+    conv_outputs: dict[int, tuple[str, torch.Tensor]] = {}
+    pairs: list[tuple[str, str]] = []
+    handles = []
+
+    def on_conv(name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            conv_outputs[id(output)] = (name, output)  # the tensor is kept alive to the end
+
+        return hook
+
+    def on_norm(name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            found = conv_outputs.get(id(inputs[0])) if inputs else None
+            if found is not None and found[1] is inputs[0]:
+                pairs.append((found[0], name))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+            handles.append(module.register_forward_hook(on_conv(name)))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_pre_hook(on_norm(name)))
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return pairs
+
+
+def _folded(conv: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``conv`` with ``norm`` (in eval mode) folded in."""
+    var = cast(torch.Tensor, norm.running_var)
+    mean = cast(torch.Tensor, norm.running_mean)
+    gamma = norm.weight if isinstance(norm.weight, torch.Tensor) else torch.ones_like(var)
+    beta = norm.bias if isinstance(norm.bias, torch.Tensor) else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + cast(float, norm.eps))
+    weight = cast(torch.Tensor, conv.weight)
+    bias = conv.bias if isinstance(conv.bias, torch.Tensor) else torch.zeros_like(mean)
+    folded = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    return folded, (bias - mean) * scale + beta
+
+
+def candidate_tensors(
+    model: nn.Module, pairs: list[tuple[str, str]]
+) -> Iterator[tuple[Recipe, np.ndarray]]:
+    """Every tensor an exporter may write as an initializer, with its recipe."""
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if not tensor.is_floating_point():
+                continue
+            value = tensor.detach().cpu().float().numpy()
+            yield ("tensor", name), value
+            if value.ndim == 2:
+                yield ("transposed", name), value.T
+        modules = dict(model.named_modules())
+        for conv_name, norm_name in pairs:
+            weight, bias = _folded(modules[conv_name], modules[norm_name])
+            yield ("folded_weight", conv_name, norm_name), weight.cpu().float().numpy()
+            yield ("folded_bias", conv_name, norm_name), bias.cpu().float().numpy()
+
+
+def evaluate_recipe(
+    model: nn.Module, recipe: Recipe, modules: dict[str, nn.Module]
+) -> np.ndarray | None:
+    """``recipe`` on ``model``; None where the model lacks what it names."""
+    with torch.no_grad():
+        kind = recipe[0]
+        if kind in ("tensor", "transposed"):
+            tensor: torch.Tensor
+            try:
+                tensor = model.get_parameter(recipe[1])
+            except AttributeError:
+                try:
+                    tensor = model.get_buffer(recipe[1])
+                except AttributeError:
+                    return None
+            value = tensor.detach().cpu().float().numpy()
+            return value.T if kind == "transposed" else value
+        conv, norm = modules.get(recipe[1]), modules.get(recipe[2])
+        if conv is None or norm is None:
+            return None
+        weight, bias = _folded(conv, norm)
+        return (weight if kind == "folded_weight" else bias).cpu().float().numpy()
+
+
+def _owner(recipe: Recipe) -> str:
+    """The module a recipe's tensor belongs to (the convolution, for a folded pair)."""
+    return recipe[1].rpartition(".")[0] if recipe[0] in ("tensor", "transposed") else recipe[1]
+
+
+def _reading_modules(proto, modules: set[str]) -> dict[str, set[str]]:
+    """Initializer name -> the modules whose exported nodes read it (by node scope)."""
+    from search.measure.onnx_runtime import module_of_node
+
+    readers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        module = module_of_node(node.name, modules)
+        for name in node.input:
+            readers.setdefault(name, set()).add(module)
+    return readers
+
+
+def make_template(
+    model: nn.Module, onnx_bytes: bytes, example_inputs: torch.Tensor
+) -> tuple[Template | None, str]:
+    """The template of ``onnx_bytes``, a float ONNX file exported from ``model`` in its
+    present state, or None and why."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(onnx_bytes)
+    by_shape: dict[tuple[int, ...], list[tuple[Recipe, np.ndarray]]] = {}
+    for recipe, value in candidate_tensors(model, folded_pairs(model, example_inputs)):
+        by_shape.setdefault(value.shape, []).append((recipe, value))
+    readers = _reading_modules(proto, {name for name, _ in model.named_modules()})
+    recipes: dict[str, tuple[Recipe, ...]] = {}
+    for initializer in proto.graph.initializer:
+        value = numpy_helper.to_array(initializer)
+        if not np.issubdtype(value.dtype, np.floating):
+            continue  # shapes and indices: the graph's, not the weights'
+        found = tuple(
+            recipe
+            for recipe, candidate in by_shape.get(value.shape, [])
+            if np.allclose(value, candidate, rtol=MATCH_RTOL, atol=MATCH_ATOL)
+        )
+        # values can coincide (a folded bias where the norm's mean is all but zero is the
+        # norm's own bias): the module whose node reads the initializer decides
+        own = tuple(r for r in found if _owner(r) in readers.get(initializer.name, ()))
+        found = own or found
+        if found:
+            recipes[initializer.name] = found
+        elif value.size > MAX_UNEXPLAINED_ELEMENTS:
+            return None, f"initializer {initializer.name} {value.shape} is no tensor of the model"
+    return Template(onnx_bytes, recipes), ""
+
+
+def refill(template: Template, model: nn.Module, path: Path) -> tuple[Artifact | None, str]:
+    """The template's graph with ``model``'s weights, written to ``path``; None and why
+    where a recipe does not apply to ``model``."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(template.model_bytes)
+    modules = dict(model.named_modules())
+    for initializer in proto.graph.initializer:
+        recipes = template.recipes.get(initializer.name)
+        if not recipes:
+            continue
+        found = [evaluate_recipe(model, recipe, modules) for recipe in recipes]
+        values = [v for v in found if v is not None and v.shape == tuple(initializer.dims)]
+        if len(values) < len(found):
+            return None, f"{recipes[0]} does not apply to the fine-tuned model"
+        first = values[0]
+        if any(not np.allclose(v, first, rtol=MATCH_RTOL, atol=MATCH_ATOL) for v in values[1:]):
+            return None, f"initializer {initializer.name} matched several tensors, now unequal"
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type)
+        initializer.CopyFrom(numpy_helper.from_array(first.astype(dtype), initializer.name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    return Artifact(path=path, scheme="fp32"), ""
+
+
+def disagreement(artifact: Artifact, model: nn.Module, inputs: torch.Tensor) -> str:
+    """Empty where ``artifact`` computes ``model``'s outputs on ``inputs``, else how not."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: inputs.numpy()})[0]
+    with torch.no_grad():
+        expected = model.eval()(inputs)
+    if not isinstance(expected, torch.Tensor):
+        return "the model's output is not one tensor"
+    want = expected.detach().cpu().float().numpy()
+    if got.shape != want.shape:
+        return f"output shape {got.shape}, the model's {want.shape}"
+    scale = max(1.0, float(np.abs(want).max()))
+    worst = float(np.abs(got - want).max())
+    return (
+        "" if worst <= AGREE_RTOL * scale else f"outputs differ by {worst:.2e} (scale {scale:.2e})"
+    )
