@@ -67,7 +67,7 @@ def test_three_trials_land_in_optuna_and_mlflow_and_resume_adds(home, tiny_task)
     assert study.trials[0].user_attrs["latency"]["p50_ms"] == pytest.approx(anchor_ms, rel=0.25)
     # a fine-tuned candidate's file is its draft's graph with the new weights (checked)
     finals = [t.user_attrs["final_file"] for t in finished(study) if "final_file" in t.user_attrs]
-    assert finals and set(finals) == {"refilled from the draft"}
+    assert finals and set(finals) == {"refilled"}
 
     client = MlflowClient(tracking_uri=config.mlflow_uri)
     experiment = client.get_experiment_by_name(result.study_name)
@@ -209,7 +209,7 @@ def test_latency_first_stops_a_too_slow_candidate_before_fine_tuning(
             assert trial.user_attrs["accuracy_kind"] == "deployed"
             assert "finetune_loss" in run.data.metrics
             # the draft's graph, refilled with the fine-tuned weights and checked
-            assert trial.user_attrs["final_file"] == "refilled from the draft"
+            assert trial.user_attrs["final_file"] == "refilled"
 
 
 @pytest.mark.slow  # 25 s: three searches; scripts/test.sh --slow and CI run it

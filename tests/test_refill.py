@@ -17,7 +17,7 @@ from torch import nn
 
 from search.measure.artifact import INPUT_NAME
 from search.measure.onnx_runtime import compact_names, export_onnx, onnx_graph_signature
-from search.measure.refill import disagreement, make_template, refill
+from search.measure.refill import disagreement, make_template, refill, topology_key
 
 
 class SqueezeExcite(nn.Module):
@@ -34,16 +34,17 @@ class SqueezeExcite(nn.Module):
 class LibraryNet(nn.Module):
     """Stem, a bottleneck with SE and a residual add, a head: as a model zoo writes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 48, kernel: int = 3) -> None:
         super().__init__()
         self.conv_stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.act1 = nn.Hardswish()
         self.block = nn.Sequential(
-            nn.Conv2d(16, 48, 1, bias=False), nn.BatchNorm2d(48), nn.Hardswish(),
-            nn.Conv2d(48, 48, 3, padding=1, groups=48, bias=False), nn.BatchNorm2d(48),
-            SqueezeExcite(48),
-            nn.Conv2d(48, 16, 1, bias=False), nn.BatchNorm2d(16),
+            nn.Conv2d(16, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish(),
+            nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            SqueezeExcite(hidden),
+            nn.Conv2d(hidden, 16, 1, bias=False), nn.BatchNorm2d(16),
         )  # fmt: skip
         self.classifier = nn.Linear(16, 10)
 
@@ -167,3 +168,34 @@ def test_a_folded_bias_equal_to_the_norms_own_bias_is_read_as_folded(tmp_path: P
     refilled, why = refill(template, model, tmp_path / "final.onnx")
     assert refilled is not None, why
     assert disagreement(refilled, model, check) == ""
+
+
+def test_another_width_of_one_network_refills_its_graph(tmp_path: Path) -> None:
+    """A network pruned to another width keeps its topology: the graph exported for one
+    width, refilled with the other's weights (depthwise groups too), is the other's."""
+    example, check = torch.randn(1, 1, 8, 8), torch.randn(8, 1, 8, 8)
+    wide, narrow = _trained(LibraryNet(hidden=48)), _trained(LibraryNet(hidden=40))
+    assert topology_key(wide) == topology_key(narrow)
+    assert topology_key(LibraryNet(kernel=5)) != topology_key(wide)
+    exported = export_onnx(wide, example, tmp_path / "wide.onnx")
+    template, why = make_template(wide, exported.path.read_bytes(), example)
+    assert template is not None, why
+    refilled, why = refill(template, narrow, tmp_path / "narrow.onnx")
+    assert refilled is not None, why
+    assert disagreement(refilled, narrow, check) == ""
+    fresh = export_onnx(narrow, example, tmp_path / "fresh.onnx")
+    assert onnx_graph_signature(compact_names(refilled).path) == onnx_graph_signature(
+        compact_names(fresh).path
+    )
+
+
+def test_a_graph_of_another_kernel_is_caught_by_the_check(tmp_path: Path) -> None:
+    """Were a topology key ever wrong, the refilled file would not compute the model."""
+    example, check = torch.randn(1, 1, 8, 8), torch.randn(8, 1, 8, 8)
+    three, five = _trained(LibraryNet(kernel=3)), _trained(LibraryNet(kernel=5))
+    exported = export_onnx(three, example, tmp_path / "three.onnx")
+    template, why = make_template(three, exported.path.read_bytes(), example)
+    assert template is not None, why
+    refilled, why = refill(template, five, tmp_path / "five.onnx")
+    assert refilled is not None, why  # same names, other shapes: written...
+    assert disagreement(refilled, five, check)  # ...and refused

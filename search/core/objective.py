@@ -56,7 +56,13 @@ from search.measure.latency import (
     measurement_lock,
 )
 from search.measure.onnx_runtime import compact_names
-from search.measure.refill import Template, disagreement, make_template, refill
+from search.measure.refill import (
+    Template,
+    disagreement,
+    make_template,
+    refill,
+    topology_key,
+)
 from search.measure.runtimes import ONNXRUNTIME, export, formats, graph_signature
 from search.measure.runtimes import predict as predict_file
 from search.track.tracker import STUDY_TAG, TRIAL_TAG, Tracker
@@ -77,7 +83,10 @@ from techniques import Context
 from techniques.quantization import float_layers
 
 MODEL_CACHE_SIZE = 4
-REFILL_CHECK_INPUTS = 8  # examples a refilled final file must agree with the model on
+REFILL_CHECK_INPUTS = 8  # examples a refilled file must agree with the model on
+# exported graphs kept for refilling, by topology (search.measure.refill): at most this
+# many, and this many bytes of them (a large model keeps fewer)
+TEMPLATE_CACHE_SIZE, TEMPLATE_CACHE_BYTES = 16, 256 * 2**20
 INT8_SENSITIVITY_KEY = "int8_sensitivity"  # study user attr: layer -> int8 drop (points)
 REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
 
@@ -125,12 +134,10 @@ class Stopped:
 
 @dataclass(frozen=True)
 class Deployed:
-    """A file made by ``_deploy``, with what a later refill of its graph needs."""
+    """A file made by ``_deploy`` and how its float file came to be."""
 
     artifact: Artifact
-    exported: nn.Module  # the model the exporter read (after the int8 repairs)
-    float_file: bytes | None  # the ONNX file as the exporter wrote it; None: not ONNX
-    how: str  # "exported", or "refilled from the draft" (search.measure.refill)
+    how: str  # "exported", or "refilled" from a graph already exported (search.measure.refill)
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,8 @@ class TrialObjective:
         # model-stage key -> (trial number that fine-tuned it, model); see _fine_tuned
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
         self._macs: dict[str, tuple[int, int]] = {}  # layers and shapes -> MACs, params
+        # topology -> an exported graph to refill, or why there is none; see _deploy
+        self._templates: OrderedDict[str, Template | str] = OrderedDict()
         self._clock = PhaseClock()  # this trial's phases; a new one per trial
         self.last_model: nn.Module | None = None  # the model the last trial deployed
         self._sensitivity: dict[str, float] | None = None  # layer -> int8 drop, points
@@ -302,6 +311,7 @@ class TrialObjective:
         # conversion may calibrate on fewer samples (same graph, so the same latency).
         draft_ctx = replace(ctx, draft=True) if fine_tunes(plan) else ctx
         drafted = self._deploy(architecture, plan, draft_ctx, "draft")
+        trial.set_user_attr("draft_file", drafted.how)
         draft = drafted.artifact
         # The baseline is every ratio's reference: always a full measurement, never screened.
         screen = self.settings.latency_first and not trial.user_attrs.get("baseline")
@@ -312,32 +322,24 @@ class TrialObjective:
             return self._record(
                 trial, run_id, architecture, draft, latency, started, kind=BEFORE_FINE_TUNING
             )
-        template = self._template(drafted)  # now: fine-tuning changes the draft's weights
         model, stopped = self._fine_tuned(trial, plan, ctx, run_id, architecture, key)
         if stopped is not None:  # hopeless at a rung: the draft has its graph, size, latency
             return self._record(
                 trial, run_id, model, draft, latency, started,
                 kind=stopped_kind(stopped.epoch), accuracy=stopped.accuracy,
             )  # fmt: skip
-        deployed = self._deploy(model, plan, ctx, "final", template=template)
+        deployed = self._deploy(model, plan, ctx, "final")
         trial.set_user_attr("final_file", deployed.how)
         latency = self._latency(trial, deployed.artifact, screen=False)
         return self._record(trial, run_id, model, deployed.artifact, latency, started)
 
-    def _deploy(
-        self,
-        model: nn.Module,
-        plan: dict[str, Any],
-        ctx: Context,
-        kind: str,
-        template: Template | str | None = None,
-    ) -> Deployed:
+    def _deploy(self, model: nn.Module, plan: dict[str, Any], ctx: Context, kind: str) -> Deployed:
         """Export ``model`` and apply the artifact levers: the file that would ship.
 
-        With a ``template`` (the draft's file and recipes), the float file is the draft's
-        graph refilled with ``model``'s weights if ONNX Runtime then computes what
-        ``model`` computes; otherwise it is exported (a string ``template`` says why
-        there is none).
+        The float ONNX file is refilled rather than exported where a graph of the same
+        topology was exported before in this run (the draft, for its fine-tuned final;
+        another width or weights of one network, for a draft) and ONNX Runtime then
+        computes what ``model`` computes; every export leaves its graph for the next.
         """
         example = self.task.example_inputs(1)
         with self._clock.phase("convert"):  # int8 repairs on the model (equalize, bias)
@@ -346,27 +348,38 @@ class TrialObjective:
                     model = technique.before_export(model, plan[name], ctx)
         with self._clock.phase("export"):
             path = ctx.workdir / kind / "model"
-            artifact, how = self._refilled(template, model, path.with_suffix(".onnx"))
+            onnx_file = self.settings.runtime == ONNXRUNTIME
+            topology = topology_key(model) if onnx_file else ""
+            artifact, how = self._refilled(self._templates.get(topology), model, path)
             if artifact is None:
                 artifact = export(self.settings.runtime, model, example, path)
-            drafting = kind == "draft" and artifact.format == "onnx"
-            float_file = artifact.path.read_bytes() if drafting else None
+                if onnx_file:
+                    self._keep_template(topology, model, artifact, example)
         with self._clock.phase("convert"):
             for name, technique in artifact_techniques():
                 if plan[name] is not None:
                     artifact = technique.apply(artifact, plan[name], ctx)
         with self._clock.phase("export"):
-            return Deployed(compact_names(artifact), model, float_file, how)
+            return Deployed(compact_names(artifact), how)
 
-    def _template(self, drafted: Deployed) -> Template | str:
-        """The draft's float file with a recipe per weight, or why it has none."""
-        if drafted.float_file is None:
-            return "not an ONNX file"
-        with self._clock.phase("export"):
-            template, why = make_template(
-                drafted.exported, drafted.float_file, self.task.example_inputs(1)
+    def _keep_template(
+        self, topology: str, model: nn.Module, artifact: Artifact, example: torch.Tensor
+    ) -> None:
+        """The just-exported graph of ``model`` as the template of its topology, or why it
+        cannot be one (then files of that topology are exported without trying)."""
+        template, why = make_template(model, artifact.path.read_bytes(), example)
+        self._templates[topology] = template if template is not None else why
+        self._templates.move_to_end(topology)
+
+        def held() -> int:
+            return sum(
+                len(t.model_bytes) for t in self._templates.values() if isinstance(t, Template)
             )
-        return template if template is not None else why
+
+        while len(self._templates) > TEMPLATE_CACHE_SIZE or (
+            len(self._templates) > 1 and held() > TEMPLATE_CACHE_BYTES
+        ):
+            self._templates.popitem(last=False)
 
     def _refilled(
         self, template: Template | str | None, model: nn.Module, path: Path
@@ -376,11 +389,11 @@ class TrialObjective:
             return None, "exported"
         if isinstance(template, str):
             return None, f"exported: {template}"
-        artifact, why = refill(template, model, path)
+        artifact, why = refill(template, model, path.with_suffix(".onnx"))
         if artifact is not None:
             why = disagreement(artifact, model, self.task.example_inputs(REFILL_CHECK_INPUTS))
             if not why:
-                return artifact, "refilled from the draft"
+                return artifact, "refilled"
         return None, f"exported: {why}"
 
     def _latency(self, trial: optuna.Trial, artifact: Artifact, *, screen: bool) -> LatencyStats:

@@ -1,14 +1,16 @@
-"""A fine-tuned model's ONNX file from its draft's: same graph, new weights, checked.
+"""An ONNX file from a graph already exported: same graph, the model's weights, checked.
 
 A trial exports its candidate twice: the draft (before fine-tuning, to time it) and the
-final file (after). Fine-tuning changes weights, never the graph, so the second trace
-through the exporter (about 0.2 s here, a quarter of a trial's own overhead) redoes work
-whose result is known. Instead the draft's float file is kept with a *recipe* for each of
-its initializers: which parameter or buffer of the model it is, that tensor transposed
-(a ``Linear`` on a sequence becomes a ``MatMul``), or a convolution with the batch norm
-the exporter folded into it. The recipes are found by value, on the draft model, so any
-network works without knowing its classes. The final file is the draft's graph with the
-recipes evaluated on the fine-tuned model.
+final file (after). Fine-tuning changes weights, never the graph; and drafts of one
+network at other widths (pruning, expand ratios) share a topology, differing only in
+tensor shapes. A trace through the exporter (about 0.2 s here, the largest part of a
+trial's own overhead) redoes work whose result is known. So each exported float file is
+kept as a template, with a *recipe* for each of its initializers: which parameter or
+buffer of the model it is, that tensor transposed (a ``Linear`` on a sequence becomes a
+``MatMul``), or a convolution with the batch norm the exporter folded into it. Recipes
+are found by value on the exported model, so any network works without knowing its
+classes. A later file of the same topology (``topology_key``) is the template's graph
+with the recipes evaluated on the new model, and depthwise groups set to its widths.
 
 Nothing is taken on trust: the refilled file is run in ONNX Runtime against the
 PyTorch model on real inputs and used only if the outputs agree; otherwise (or where a
@@ -18,6 +20,7 @@ exports as before, and is told why.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +165,37 @@ def _reading_modules(proto, modules: set[str]) -> dict[str, set[str]]:
     return readers
 
 
+def topology_key(model: nn.Module) -> str:
+    """What an exported graph's nodes depend on, without the channel counts: two models
+    with one key (a network pruned to two widths) export one graph with other weights.
+
+    Each module's class and its settings: a convolution's kernel, stride, padding,
+    dilation, bias and whether it is depthwise; a norm's eps; any other module's
+    ``extra_repr`` (which may name sizes: then the key is only stricter). A forward that
+    branches on something else is caught by the check after the refill.
+    """
+    parts = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            depthwise = module.groups == module.in_channels and module.groups > 1
+            groups = (
+                ("depthwise", module.out_channels // module.groups) if depthwise else module.groups
+            )
+            settings = repr((
+                module.kernel_size, module.stride, module.padding, module.dilation,
+                module.padding_mode, module.transposed, module.output_padding, groups,
+                module.bias is None,
+            ))  # fmt: skip
+        elif isinstance(module, nn.Linear):
+            settings = repr(module.bias is None)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            settings = repr((module.eps, module.affine, module.track_running_stats))
+        else:
+            settings = module.extra_repr()
+        parts.append(f"{name}:{type(module).__module__}.{type(module).__qualname__}:{settings}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def make_template(
     model: nn.Module, onnx_bytes: bytes, example_inputs: torch.Tensor
 ) -> tuple[Template | None, str]:
@@ -202,21 +236,33 @@ def refill(template: Template, model: nn.Module, path: Path) -> tuple[Artifact |
     import onnx
     from onnx import numpy_helper
 
+    from search.measure.onnx_runtime import module_of_node
+
     proto = onnx.load_from_string(template.model_bytes)
     modules = dict(model.named_modules())
+    reshaped = False
     for initializer in proto.graph.initializer:
         recipes = template.recipes.get(initializer.name)
         if not recipes:
             continue
         found = [evaluate_recipe(model, recipe, modules) for recipe in recipes]
-        values = [v for v in found if v is not None and v.shape == tuple(initializer.dims)]
-        if len(values) < len(found):
-            return None, f"{recipes[0]} does not apply to the fine-tuned model"
+        values = [v for v in found if v is not None]
+        if len(values) < len(found) or len({v.shape for v in values}) > 1:
+            return None, f"{recipes[0]} does not apply to the model"
         first = values[0]
         if any(not np.allclose(v, first, rtol=MATCH_RTOL, atol=MATCH_ATOL) for v in values[1:]):
             return None, f"initializer {initializer.name} matched several tensors, now unequal"
+        reshaped |= first.shape != tuple(initializer.dims)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type)
         initializer.CopyFrom(numpy_helper.from_array(first.astype(dtype), initializer.name))
+    if reshaped:  # another width of the same network: the shapes the exporter noted are stale
+        del proto.graph.value_info[:]
+    for node in proto.graph.node:  # a pruned depthwise convolution has fewer groups
+        conv = modules.get(module_of_node(node.name, modules.keys()))
+        if node.op_type == "Conv" and isinstance(conv, nn.modules.conv._ConvNd):
+            for attribute in node.attribute:
+                if attribute.name == "group":
+                    attribute.i = conv.groups
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return Artifact(path=path, scheme="fp32"), ""
@@ -228,8 +274,13 @@ def disagreement(artifact: Artifact, model: nn.Module, inputs: torch.Tensor) -> 
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: inputs.numpy()})[0]
+    try:
+        session = ort.InferenceSession(
+            str(artifact.path), options, providers=["CPUExecutionProvider"]
+        )
+        got = session.run(None, {INPUT_NAME: inputs.numpy()})[0]
+    except Exception as error:  # a graph the refill left inconsistent: ORT says how
+        return f"ONNX Runtime cannot run it: {str(error).splitlines()[0][:200]}"
     with torch.no_grad():
         expected = model.eval()(inputs)
     if not isinstance(expected, torch.Tensor):
