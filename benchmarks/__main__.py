@@ -13,11 +13,18 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks.arms import ARM_KEYS
+
+if TYPE_CHECKING:
+    from benchmarks.suite import Plan
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
+    """``python -m benchmarks``'s commands and options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the benchmarks and write the results file")
@@ -26,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--runtime", default="onnxruntime")
     run.add_argument("--seeds", type=int, nargs="+", help="efficiency runs per arm")
     run.add_argument("--arm-seconds", type=float, help="wall time per efficiency run")
+    run.add_argument(
+        "--arms",
+        nargs="+",
+        choices=tuple(ARM_KEYS),
+        help="efficiency arms, the first compared with the others "
+        "(default: default random no-latency-first)",
+    )
     run.add_argument(
         "--budgets", type=_share, nargs="+", help="latency budgets, shares of the baseline's p50"
     )
@@ -68,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--requests", type=int, default=400, help="requests per setting")
     load.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     load.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
     if args.command == "serve-load":
         return _serve_load(args)
     if args.command == "compare":
@@ -97,20 +115,21 @@ def _share(text: str) -> float:
     return share
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
+def plan_of(args: argparse.Namespace) -> Plan:
+    """The benchmark ``run``'s arguments ask for: the default plan (or ``--quick``'s) with
+    each option given in place of its default."""
+    from benchmarks.suite import Plan, quick_plan
     from search.core.levers import LeverSettings, check_levers_and_options, parse_assignments
     from search.measure.runtimes import check_target
 
     check_target(args.runtime, args.device)
     fixed = parse_assignments(args.fix)
     check_levers_and_options(LeverSettings(fixed=fixed))  # names in the space: when it starts
-    from benchmarks.report import results_stem, write_results
-    from benchmarks.suite import Plan, quick_plan, run_benchmark
-
     plan = quick_plan(args.device, args.runtime) if args.quick else Plan(args.device, args.runtime)
     overrides = {
         "seeds": tuple(args.seeds) if args.seeds else None,
         "arm_seconds": args.arm_seconds,
+        "arms": tuple(ARM_KEYS[a] for a in args.arms) if args.arms else None,
         "budgets": tuple(args.budgets) if args.budgets else None,
         "search_trials": args.search_trials,
         "search_seeds": tuple(args.search_seeds) if args.search_seeds else None,
@@ -120,7 +139,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "early_stop": args.early_stop,
         "accuracy_rule": args.accuracy_rule,
     }
-    plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from benchmarks.report import results_stem, write_results
+    from benchmarks.suite import run_benchmark
+
+    plan = plan_of(args)
     work = args.work or Path("benchmarks/work") / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
 

@@ -21,13 +21,14 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 
+from benchmarks.arms import ARMS, DEFAULT_ARMS
 from benchmarks.early_stop import rung_counts
 from benchmarks.hypervolume import box_of, curve, feasible_points
 from benchmarks.overhead import overhead
@@ -59,15 +60,6 @@ from techniques import TECHNIQUES, Context
 
 Say = Callable[[str], None]
 
-# The three ways to search that the efficiency benchmark puts side by side.
-ARMS: dict[str, dict[str, Any]] = {
-    "default (TPE, references, latency first)": {
-        "sampler": "tpe", "references": True, "latency_first": True},
-    # plain Optuna: random search with every candidate fine-tuned to the end
-    "random, no latency first": {
-        "sampler": "random", "references": False, "latency_first": False, "early_stop": "off"},
-    "ours, no latency first": {"sampler": "tpe", "references": True, "latency_first": False},
-}  # fmt: skip
 CURVE_POINTS = 21
 
 
@@ -93,7 +85,7 @@ class Plan:
     # files from before 2026-11-25's third run have no such key: candidates timed alone)
     anchored: bool = True
     quick: bool = False
-    arms: tuple[str, ...] = field(default_factory=lambda: tuple(ARMS))
+    arms: tuple[str, ...] = DEFAULT_ARMS  # keys of ARMS
     # each search's pick also rebuilt with this many fine-tuning epochs, timed and tested
     # beside it (``--finetune-epochs 30``); 0, the default: not (rebuilt with 30, the 13th
     # run's picks gained +0.28, +0.56 and -1.67 test points: no sure gain, five more minutes)

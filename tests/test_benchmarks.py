@@ -443,7 +443,7 @@ def test_the_report_marks_the_pick_and_what_promote_would_take() -> None:
 def test_the_markdown_names_the_command_and_the_ratio() -> None:
     text = render_markdown(_results(faster_student=1.5, hv_random=0.25), "plot.png")
     assert "`python -m benchmarks run`" in text
-    assert "default against random without latency first: 2.00×" in text
+    assert "Median hypervolume, default against random: 2.00×" in text
     assert (
         "| best at 0.5x, seed 0 (trial 3) (fp32) | 0.9900 (+0.00) | 1 / 1 (-0.56 to +0.56) "
         "| 0.3000 | 2.20 (2.15–2.25)" in text
@@ -615,3 +615,22 @@ def test_a_comparison_says_when_the_searches_ran_with_other_settings(tmp_path) -
         path.write_text(json.dumps(results))
     _, lines = agreement(*paths)
     assert lines[0] == "searches with other lever settings: the defaults vs ft.searched=true"
+
+
+def test_the_arms_option_puts_the_rule_off_beside_the_default() -> None:
+    """``--arms default no-early-stop``: the efficiency part at one wall time, successive
+    halving on (the run's --early-stop) against the same search without it."""
+    from benchmarks.__main__ import command_line, plan_of
+    from benchmarks.arms import ARMS, DEFAULT_ARMS
+
+    args = command_line().parse_args(
+        ["run", "--early-stop", "on", "--arms", "default", "no-early-stop", "--arm-seconds", "400"]
+    )
+    plan = plan_of(args)
+    assert plan.early_stop == "on" and plan.arm_seconds == 400
+    default, off = plan.arms
+    assert "early_stop" not in ARMS[default]  # the run's own setting
+    assert ARMS[off] == {**ARMS[default], "early_stop": "off"}
+    assert plan_of(command_line().parse_args(["run"])).arms == DEFAULT_ARMS
+    with pytest.raises(SystemExit):
+        command_line().parse_args(["run", "--arms", "fastest"])
