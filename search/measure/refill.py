@@ -50,8 +50,8 @@ AGREE_RTOL = 1e-4
 
 @dataclass(frozen=True)
 class Template:
-    """The draft's float ONNX file, serialised, and each initializer's recipes (several
-    where values coincided on the draft; a refill needs them to agree again)."""
+    """An exported float ONNX file, serialised, and each initializer's recipes (several
+    where values coincided in that file; a refill needs them to agree again)."""
 
     model_bytes: bytes
     recipes: dict[str, tuple[Recipe, ...]]  # initializer name -> recipes
