@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from search.measure.refill import folded_batch_norm
+
 SWEEPS = 20  # the factors of a chain settle in a few; each sweep costs microseconds
 # The clip is kept exact for inputs that push a channel up to this many times the largest
 # value it reached on the calibration data (held-out data may go a little further).
@@ -91,16 +93,9 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
-    assert norm.running_mean is not None and norm.running_var is not None
-    scale = torch.rsqrt(norm.running_var + norm.eps)  # (C,)
-    if norm.affine:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.affine:
-        shift = shift + norm.bias
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
-    conv.bias = nn.Parameter(bias * scale + shift)
+    weight, bias = folded_batch_norm(conv, norm)
+    conv.weight.copy_(weight)
+    conv.bias = nn.Parameter(bias)
 
 
 def find_pairs(model: nn.Module) -> list[Pair]:

@@ -92,8 +92,11 @@ def folded_pairs(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[s
     return pairs
 
 
-def _folded(conv: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight and bias of ``conv`` with ``norm`` (in eval mode) folded in."""
+@torch.no_grad()
+def folded_batch_norm(conv: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``conv`` with ``norm`` (its running statistics) folded in, as
+    new tensors: what an ONNX exporter writes for the pair, and what cross-layer
+    equalization folds in place (``techniques/equalization.py``)."""
     var = cast(torch.Tensor, norm.running_var)
     mean = cast(torch.Tensor, norm.running_mean)
     gamma = norm.weight if isinstance(norm.weight, torch.Tensor) else torch.ones_like(var)
@@ -119,7 +122,7 @@ def candidate_tensors(
                 yield ("transposed", name), value.T
         modules = dict(model.named_modules())
         for conv_name, norm_name in pairs:
-            weight, bias = _folded(modules[conv_name], modules[norm_name])
+            weight, bias = folded_batch_norm(modules[conv_name], modules[norm_name])
             yield ("folded_weight", conv_name, norm_name), weight.cpu().float().numpy()
             yield ("folded_bias", conv_name, norm_name), bias.cpu().float().numpy()
 
@@ -144,7 +147,7 @@ def evaluate_recipe(
         conv, norm = modules.get(recipe[1]), modules.get(recipe[2])
         if conv is None or norm is None:
             return None
-        weight, bias = _folded(conv, norm)
+        weight, bias = folded_batch_norm(conv, norm)
         return (weight if kind == "folded_weight" else bias).cpu().float().numpy()
 
 
