@@ -203,3 +203,16 @@ def test_a_calibration_cache_is_measured_once_and_then_read(tmp_path, tiny_task)
     assert again.path.read_bytes() == measured
     fresh = quantize(artifact, params, calibration=zeros)
     assert fresh.path.read_bytes() != measured
+
+
+@pytest.mark.parametrize("samples", [1, 16, 64, 100, 256])
+def test_calibration_reads_exactly_the_first_samples(samples) -> None:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from techniques.quantization import calibration_inputs
+
+    images = torch.arange(200, dtype=torch.float32).reshape(200, 1)
+    loader = DataLoader(TensorDataset(images, torch.zeros(200)), batch_size=64)
+    read = torch.cat(list(calibration_inputs(loader, samples)))
+    assert read.flatten().tolist() == list(range(min(samples, 200)))

@@ -143,9 +143,13 @@ def test_shadow_mode_records_the_stop_and_goes_on(tmp_path: Path, tiny_task) -> 
 def test_a_stopped_trial_is_complete_infeasible_and_visible_in_mlflow_and_status(
     home: Path, tiny_task
 ) -> None:
-    """End to end (seconds): a candidate pruned by 10% finishes its fine-tune and meets the
-    floor; resumed, a candidate pruned by 70% reads below it after the first epoch and
-    completes, labelled, without the rest of its fine-tune."""
+    """End to end (seconds): a finished candidate met the floor reading 0.99 after its
+    first epoch; resumed, a candidate pruned by 70% reads below it there and completes,
+    labelled, without the rest of its fine-tune.
+
+    The finished candidate is the baseline's record with a rung reading: a real one's
+    first-epoch reading is noisy (0.61-0.78 for pruning by 5-30% across CPUs), and the
+    test is of what a stop leaves behind; ``judge``'s rule is tested above."""
     only_pruning = ("quant", "width", "lowrank", "lora", "ort", "depth", "resolution", "distill")
 
     def search(ratio: float, trials: int):
@@ -157,12 +161,20 @@ def test_a_stopped_trial_is_complete_infeasible_and_visible_in_mlflow_and_status
         )  # fmt: skip
         return config, run_search(config, task=tiny_task)
 
-    search(0.1, trials=2)  # the baseline, then the evidence
+    config, _ = search(0.1, trials=1)  # the baseline
+    study = optuna.load_study(study_name="rungs", storage=config.storage_url)
+    baseline = study.trials[0]
+    attrs = {k: v for k, v in baseline.user_attrs.items() if k != "baseline"}
+    attrs.update({RUNG_ATTR: {"1": 0.99}, "accuracy_kind": "deployed"})
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=baseline.values, user_attrs=attrs, system_attrs=baseline.system_attrs
+        )
+    )
     config, result = search(0.7, trials=1)
 
     study = optuna.load_study(study_name="rungs", storage=config.storage_url)
     evidence, trial = study.trials[1], study.trials[2]
-    assert evidence.user_attrs["accuracy_kind"] == "deployed"
     assert evidence.user_attrs["below_accuracy_floor"] <= 0
     assert trial.user_attrs[RUNG_ATTR]["1"] < evidence.user_attrs[RUNG_ATTR]["1"]
     assert trial.state == optuna.trial.TrialState.COMPLETE

@@ -14,6 +14,7 @@ A failing trial records its reason in Optuna and MLflow and re-raises; the study
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -65,6 +66,7 @@ from search.measure.refill import (
 )
 from search.measure.runtimes import ONNXRUNTIME, export, formats, graph_signature
 from search.measure.runtimes import predict as predict_file
+from search.track.curve import BufferedCurve
 from search.track.tracker import STUDY_TAG, TRIAL_TAG, Tracker
 from search.track.trials import (
     ACCURACY_CONSTRAINT_KEY,
@@ -73,6 +75,7 @@ from search.track.trials import (
     DEPLOYED,
     RUNG_ATTR,
     STOPPED_ATTR,
+    STOPPED_PREFIX,
     WOULD_STOP_ATTR,
     accuracy_below_floor,
     stopped_kind,
@@ -89,6 +92,7 @@ REFILL_CHECK_INPUTS = 8  # examples a refilled file must agree with the model on
 TEMPLATE_CACHE_SIZE, TEMPLATE_CACHE_BYTES = 16, 256 * 2**20
 INT8_SENSITIVITY_KEY = "int8_sensitivity"  # study user attr: layer -> int8 drop (points)
 REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
+UNFINISHED_VIOLATION = 1e-6  # accuracy constraint of a fine-tune stopped above the floor
 
 
 @dataclass(frozen=True)
@@ -480,8 +484,14 @@ class TrialObjective:
         # held against it (the sampler ranks infeasible trials by their summed violations,
         # and the latency is what stopped this one).
         judged = kind != BEFORE_FINE_TUNING
-        trial.set_constraint(ACCURACY_CONSTRAINT_KEY, below_floor if judged else 0.0)
-        feasible = over_budget_ms <= 0 and below_floor <= 0
+        accuracy_violation = below_floor if judged else 0.0
+        if kind.startswith(STOPPED_PREFIX):
+            # Its fine-tune did not finish, so it cannot ship, whatever the rung read: it is
+            # infeasible, and by a hair where the reading met the floor, so the sampler still
+            # ranks it among the near misses.
+            accuracy_violation = max(below_floor, UNFINISHED_VIOLATION)
+        trial.set_constraint(ACCURACY_CONSTRAINT_KEY, accuracy_violation)
+        feasible = over_budget_ms <= 0 and accuracy_violation <= 0
         size_mb = artifact.size_bytes / 1e6
         metrics = {
             "accuracy": accuracy,
@@ -624,6 +634,7 @@ class TrialObjective:
     ) -> tuple[nn.Module, Stopped | None]:
         val = self.task.data("val")
         stopped: list[Stopped] = []
+        curve = BufferedCurve(self.link.tracker, run_id)
 
         def log_epoch(epoch: int, mean_loss: float) -> bool:
             outputs, targets = predict(model, val)
@@ -631,29 +642,35 @@ class TrialObjective:
             # Eager PyTorch, before export: a curve, and the reading a rung judges; never
             # the reported accuracy of a candidate that finishes.
             accuracy = self.task.metric(outputs.numpy(), targets.numpy())
-            self.link.tracker.log(
-                run_id,
-                metrics={"finetune_loss": mean_loss, "finetune_val_accuracy_eager": accuracy},
-                step=epoch,
-            )
-            verdict = self._at_rung(trial, epoch + 1, recipe.epochs, accuracy, run_id)
+            with self._clock.phase("tracking"):  # overhead inside the work: MLflow, Optuna
+                curve.add(
+                    {"finetune_loss": mean_loss, "finetune_val_accuracy_eager": accuracy}, epoch
+                )
+                verdict = self._at_rung(trial, epoch + 1, recipe.epochs, accuracy, run_id)
             if verdict:
                 stopped.append(Stopped(epoch + 1, accuracy))
             return verdict
 
         for step in recipe.prepare:
             model = step(model)
-        fit(
-            model,
-            self.task.data("train"),
-            epochs=recipe.epochs,
-            lr=recipe.lr,
-            loss_fn=self.task.loss,
-            distillation=recipe.distillation,
-            on_epoch=log_epoch,
-            optimizer=recipe.optimizer,
-            device=self.settings.device,  # on CUDA: bf16 mixed precision
-        )
+        try:
+            fit(
+                model,
+                self.task.data("train"),
+                epochs=recipe.epochs,
+                lr=recipe.lr,
+                loss_fn=self.task.loss,
+                distillation=recipe.distillation,
+                on_epoch=log_epoch,
+                optimizer=recipe.optimizer,
+                device=self.settings.device,  # on CUDA: bf16 mixed precision
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep the points; report the first error
+                curve.flush()
+            raise
+        with self._clock.phase("tracking"):
+            curve.flush()
         for step in recipe.finish:
             model = step(model)
         return model.eval(), (stopped[0] if stopped else None)
