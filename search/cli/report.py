@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from search.common.units import show_budget, show_ms
-from search.track.trials import BEFORE_FINE_TUNING, DEPLOYED, STOPPED_PREFIX
+from search.track.trials import BEFORE_FINE_TUNING, DEPLOYED, is_stopped
 
 if TYPE_CHECKING:
     import optuna
@@ -77,7 +77,7 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
     reasons = []
     kind = str(trial.user_attrs.get("accuracy_kind", DEPLOYED))
     untuned = kind == BEFORE_FINE_TUNING
-    stopped = kind.startswith(STOPPED_PREFIX)
+    stopped = is_stopped(kind)
     if trial.user_attrs.get("over_budget_ms", 0) > 0:
         reasons.append("over budget" + (": stopped before fine-tuning" if untuned else ""))
     if trial.user_attrs.get("below_accuracy_floor", 0) > 0 and not untuned:

@@ -75,9 +75,9 @@ from search.track.trials import (
     DEPLOYED,
     RUNG_ATTR,
     STOPPED_ATTR,
-    STOPPED_PREFIX,
     WOULD_STOP_ATTR,
     accuracy_below_floor,
+    is_stopped,
     stopped_kind,
 )
 from search.train.loop import Recipe, fit, predict, recovery_lr
@@ -485,7 +485,7 @@ class TrialObjective:
         # and the latency is what stopped this one).
         judged = kind != BEFORE_FINE_TUNING
         accuracy_violation = below_floor if judged else 0.0
-        if kind.startswith(STOPPED_PREFIX):
+        if is_stopped(kind):
             # Its fine-tune did not finish, so it cannot ship, whatever the rung read: it is
             # infeasible, and by a hair where the reading met the floor, so the sampler still
             # ranks it among the near misses.
@@ -535,7 +535,7 @@ class TrialObjective:
                 "scheme": artifact.scheme,
                 "accuracy_kind": kind,
                 "stopped_before_fine_tuning": kind == BEFORE_FINE_TUNING,
-                "stopped_early": kind.startswith("stopped at epoch"),
+                "stopped_early": is_stopped(kind),
             },
         )
         self.link.tracker.log_artifact(run_id, artifact.path, folder="model")

@@ -39,6 +39,6 @@ class BufferedCurve:
 
     def flush(self) -> None:
         if self._held:
-            self._tracker.client.log_batch(self._run_id, metrics=self._held)
+            self._tracker.log_points(self._run_id, self._held)
             self._held = []
         self._sent_at = time.monotonic()

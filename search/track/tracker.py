@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,9 +106,10 @@ class Tracker:
             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
         )
 
-    def log_metric_step(self, run_id: str, key: str, value: float, step: int) -> None:
-        """One point of a curve (e.g. fine-tuning loss per epoch)."""
-        self.client.log_metric(run_id, key, value, step=step)
+    def log_points(self, run_id: str, points: Sequence[Metric]) -> None:
+        """Curve points that carry their own step and timestamp, in one request (see
+        ``search.track.curve``)."""
+        self.client.log_batch(run_id, metrics=list(points))
 
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=folder)

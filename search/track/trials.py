@@ -43,6 +43,11 @@ def stopped_kind(epoch: int) -> str:
     return f"{STOPPED_PREFIX}{epoch}"
 
 
+def is_stopped(kind: str) -> bool:
+    """Whether an ``accuracy_kind`` says successive halving stopped the trial's fine-tune."""
+    return kind.startswith(STOPPED_PREFIX)
+
+
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
     """Completed, and every constraint at or below zero."""
     return (
