@@ -17,7 +17,6 @@ says so once and stays off.
 
 from __future__ import annotations
 
-import copy
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from techniques.base import Context, TechniqueError
-from techniques.surgery import replace_modules
+from techniques.surgery import replace_modules, working_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -201,12 +200,13 @@ class AttentionKernel:
         return AttentionParams(str(kernel))
 
     def apply(self, model: nn.Module, params: AttentionParams, ctx: Context) -> nn.Module:
-        return swap_kernel(model, params.kernel)
+        return swap_kernel(model, params.kernel, in_place=ctx.owns_model)
 
 
-def swap_kernel(model: nn.Module, kernel: str) -> nn.Module:
-    """A copy of ``model`` whose attention modules use ``kernel``, projections kept."""
-    swapped = copy.deepcopy(model)
+def swap_kernel(model: nn.Module, kernel: str, *, in_place: bool = False) -> nn.Module:
+    """A copy of ``model`` (``model`` itself with ``in_place``) whose attention modules use
+    ``kernel``, projections kept."""
+    swapped = working_copy(model, in_place=in_place)
 
     def rule(_name: str, module: nn.Module) -> nn.Module | None:
         if not is_attention(module):

@@ -57,6 +57,10 @@ class Context:
         int8_sensitivity: accuracy points each named layer loses when it alone is
             quantized to int8 (computed once per study, or from ``search sensitivity``):
             which layers ``quant.fp_layers`` keeps in float.
+        owns_model: the model handed to a ``ModelTechnique.apply`` is the trial's own,
+            made by the lever before it and held by nothing else, so the lever may change
+            it in place (``techniques.surgery.working_copy``); False (the default) for the
+            user's model, which a lever never changes.
     """
 
     task: Task
@@ -70,6 +74,7 @@ class Context:
     layer_caps: Mapping[str, float] = field(default_factory=dict)
     threads: int = 1
     int8_sensitivity: Mapping[str, float] = field(default_factory=dict)
+    owns_model: bool = False
 
 
 class ModelTechnique(Protocol):
@@ -95,7 +100,8 @@ class ModelTechnique(Protocol):
     def space(self, trial: optuna.trial.BaseTrial, ctx: Context) -> Any | None: ...
 
     def apply(self, model: nn.Module, params: Any, ctx: Context) -> nn.Module:
-        """Return a transformed copy; never modify ``model`` in place."""
+        """The transformed model: a copy, unless ``ctx.owns_model`` lets the lever change
+        ``model`` in place; the user's model is never changed."""
         ...
 
 

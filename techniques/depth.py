@@ -25,7 +25,6 @@ ResNet stage) are never dropped.
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from techniques.base import Context, TechniqueError
+from techniques.surgery import working_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -105,7 +105,7 @@ class ElasticDepth:
 
     def apply(self, model: nn.Module, params: DepthParams, ctx: Context) -> nn.Module:
         stages = residual_stages(ctx.base_model, ctx.task.example_inputs(1))
-        return drop_blocks(model, stages, params.kept)
+        return drop_blocks(model, stages, params.kept, in_place=ctx.owns_model)
 
 
 def kept_blocks(keep: float, total: int) -> int:
@@ -114,13 +114,18 @@ def kept_blocks(keep: float, total: int) -> int:
 
 
 def drop_blocks(
-    model: nn.Module, stages: Sequence[Sequence[ResidualBlock]], kept: Sequence[int]
+    model: nn.Module,
+    stages: Sequence[Sequence[ResidualBlock]],
+    kept: Sequence[int],
+    *,
+    in_place: bool = False,
 ) -> nn.Module:
-    """A copy of ``model`` with all but the first ``kept[i]`` blocks of stage ``i`` replaced
-    by the identity (same name, so hooks and names of the other levers still find them)."""
+    """A copy of ``model`` (``model`` itself with ``in_place``) with all but the first
+    ``kept[i]`` blocks of stage ``i`` replaced by the identity (same name, so hooks and
+    names of the other levers still find them)."""
     if len(kept) != len(stages):
         raise TechniqueError(f"depth: {len(kept)} stage counts for {len(stages)} stages")
-    shallow = copy.deepcopy(model)
+    shallow = working_copy(model, in_place=in_place)
     for stage, keep in zip(stages, kept, strict=True):
         for block in stage[keep:]:
             shallow.set_submodule(block.name, nn.Identity())

@@ -9,7 +9,6 @@ is a share of ``min(m, n)``, searched.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from techniques.base import Context, TechniqueError
+from techniques.surgery import working_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -64,7 +64,7 @@ class LowRank:
         return LowRankParams(ratio) if ratio > 0 else None
 
     def apply(self, model: nn.Module, params: LowRankParams, ctx: Context) -> nn.Module:
-        return factorise(model, rank_ratio=params.rank_ratio)
+        return factorise(model, rank_ratio=params.rank_ratio, in_place=ctx.owns_model)
 
 
 def factorisable_layers(model: nn.Module) -> Iterator[tuple[str, nn.Linear | nn.Conv2d]]:
@@ -87,9 +87,10 @@ def rank_for(in_features: int, out_features: int, rank_ratio: float) -> int | No
     return rank if saves else None
 
 
-def factorise(model: nn.Module, *, rank_ratio: float) -> nn.Module:
-    """A copy of ``model`` with every layer that saves MACs replaced by its rank-r SVD pair."""
-    factorised = copy.deepcopy(model).eval()
+def factorise(model: nn.Module, *, rank_ratio: float, in_place: bool = False) -> nn.Module:
+    """A copy of ``model`` (``model`` itself with ``in_place``) with every layer that saves
+    MACs replaced by its rank-r SVD pair."""
+    factorised = working_copy(model, in_place=in_place).eval()
     for name, layer in list(factorisable_layers(factorised)):
         in_features, out_features = _features(layer)
         rank = rank_for(in_features, out_features, rank_ratio)

@@ -35,6 +35,7 @@ from torch import nn
 
 from techniques.attention import attention_modules
 from techniques.base import Context, TechniqueError
+from techniques.surgery import working_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -124,6 +125,7 @@ class StructuredPruning:
             scope=params.scope,
             task=ctx.task,
             layer_ratios=capped or None,
+            in_place=ctx.owns_model,
         )
 
 
@@ -136,8 +138,10 @@ def prune_channels(
     scope: str = "layer",
     task: Task | None = None,
     layer_ratios: Mapping[str, float] | None = None,
+    in_place: bool = False,
 ) -> nn.Module:
-    """A copy of ``model`` with ``ratio`` of its channels removed.
+    """A copy of ``model`` (``model`` itself with ``in_place``) with ``ratio`` of its
+    channels removed.
 
     The output layer is never pruned: its width is the number of classes. ``taylor`` needs
     ``task`` for a few training batches to take gradients on. ``layer_ratios`` overrides
@@ -146,8 +150,8 @@ def prune_channels(
     """
     import torch_pruning as tp
 
-    pruned = copy.deepcopy(model).eval()
-    # ignored_layers and the per-layer ratios must name modules of the copy.
+    pruned = working_copy(model, in_place=in_place).eval()
+    # ignored_layers and the per-layer ratios must name modules of the pruned model.
     ignored = [output_layer(pruned)]
     modules = dict(pruned.named_modules())
     unknown = sorted(set(layer_ratios or {}) - set(modules))

@@ -26,7 +26,6 @@ additions per input pixel, like the residual sums thop leaves out too).
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from techniques.base import Context, TechniqueError
+from techniques.surgery import working_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -109,7 +109,7 @@ class InputResolution:
 
     def apply(self, model: nn.Module, params: ResolutionParams, ctx: Context) -> nn.Module:
         height, width = ctx.task.example_inputs(1).shape[-2:]
-        return resize_input(model, (height, width), params.size)
+        return resize_input(model, (height, width), params.size, in_place=ctx.owns_model)
 
 
 class ResizedInput(nn.Module):
@@ -147,14 +147,21 @@ def _resized_class(cls: type) -> type:
     return _CLASSES[cls]
 
 
-def resize_input(model: nn.Module, size: tuple[int, int], new_size: tuple[int, int]) -> nn.Module:
-    """A copy of ``model`` that takes ``size`` inputs and runs at ``new_size`` (height, width).
+def resize_input(
+    model: nn.Module,
+    size: tuple[int, int],
+    new_size: tuple[int, int],
+    *,
+    in_place: bool = False,
+) -> nn.Module:
+    """A copy of ``model`` (``model`` itself with ``in_place``) that takes ``size`` inputs
+    and runs at ``new_size`` (height, width).
 
     Average pooling where ``new_size`` divides ``size``, else a bilinear resize.
     """
     if isinstance(model, ResizedInput):
         raise TechniqueError("resolution: the model already resizes its input")
-    resized = copy.deepcopy(model)
+    resized = working_copy(model, in_place=in_place)
     (height, width), (new_height, new_width) = size, new_size
     kernel = None
     if height % new_height == 0 and width % new_width == 0:

@@ -18,7 +18,6 @@ kernel runs it. For that reason the search leaves the lever out unless the optio
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -28,6 +27,7 @@ from torch import nn
 
 from techniques.base import Context, TechniqueError
 from techniques.pruning import output_layer
+from techniques.surgery import working_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -82,26 +82,30 @@ class UnstructuredPruning:
         return SparseParams(round(ratio, 6), trial.suggest_categorical("sparse.scope", SCOPES))
 
     def apply(self, model: nn.Module, params: SparseParams, ctx: Context) -> nn.Module:
-        return zero_weights(model, ratio=params.ratio, scope=params.scope)
+        return zero_weights(model, ratio=params.ratio, scope=params.scope, in_place=ctx.owns_model)
 
 
 def _searched(ctx: Context) -> bool:
     return bool(ctx.options.get("sparse.searched", False))
 
 
-def zero_weights(model: nn.Module, *, ratio: float, scope: str = "layer") -> nn.Module:
-    """A copy of ``model`` with ``ratio`` of its prunable weights set to zero, kept at zero.
+def zero_weights(
+    model: nn.Module, *, ratio: float, scope: str = "layer", in_place: bool = False
+) -> nn.Module:
+    """A copy of ``model`` (``model`` itself with ``in_place``) with ``ratio`` of its
+    prunable weights set to zero, kept at zero.
 
     PyTorch's pruning utilities choose the weights (L1, per layer or global); the masks are
     then made permanent, so the exported file holds plain weights (a reparametrised
     ``weight_orig * mask`` would stop the exporter folding batch norm into the
     convolution), and a gradient hook per weight keeps the zeros through fine-tuning
     (SGD's momentum and weight decay leave a zero weight with zero gradient at zero). Hooks
-    do not survive ``copy.deepcopy``: the trial fine-tunes this very object.
+    do not survive ``copy.deepcopy``: the trial fine-tunes this very object, and the levers
+    after this one change it in place (``Context.owns_model``).
     """
     from torch.nn.utils import prune
 
-    masked = copy.deepcopy(model).eval()
+    masked = working_copy(model, in_place=in_place).eval()
     output = output_layer(masked)
     layers = [
         (module, "weight")

@@ -17,7 +17,6 @@ library writes it. For a model with no such block it says so once and stays off.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -27,6 +26,7 @@ from torch import nn
 
 from techniques.base import Context, TechniqueError
 from techniques.blocks import InvertedResidualBlock, inverted_residual_blocks
+from techniques.surgery import working_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -152,6 +152,7 @@ class ExpandRatio:
             dict(params.expand_ratios),
             per=params.per,
             reference=ctx.base_model,
+            in_place=ctx.owns_model,
         )
 
 
@@ -169,8 +170,10 @@ def narrow_expansions(
     *,
     per: str = "stage",
     reference: nn.Module | None = None,
+    in_place: bool = False,
 ) -> nn.Module:
-    """A copy of ``model`` whose group ``i`` blocks keep ``ratios[i] x input`` hidden channels.
+    """A copy of ``model`` (``model`` itself with ``in_place``) whose group ``i`` blocks keep
+    ``ratios[i] x input`` hidden channels.
 
     ``reference``: the model the group indices count in (default ``model``), when
     ``model`` is that model with some blocks already replaced by the identity (elastic
@@ -180,7 +183,7 @@ def narrow_expansions(
 
     reference = model if reference is None else reference
     groups = expandable_groups(reference, example_inputs, per)  # by name: they hold in copies
-    narrowed = copy.deepcopy(model).eval()
+    narrowed = working_copy(model, in_place=in_place).eval()
     present = {name for name, module in narrowed.named_modules() if isinstance(module, nn.Conv2d)}
     graph = tp.DependencyGraph().build_dependency(narrowed, example_inputs)
     for index, group in enumerate(groups):

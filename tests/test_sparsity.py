@@ -55,3 +55,37 @@ def test_zeros_stay_zero_through_training() -> None:
         optimizer.step()
     assert bool((sparse[3].weight[zeros] == 0).all())
     assert abs(float(zeros.float().mean()) - 0.5) < 0.02
+
+
+def test_zeros_stay_zero_when_a_later_lever_reshapes_the_model(tiny_task, tmp_path) -> None:
+    """Elastic resolution runs after sparsity in a trial. It must change the sparse model
+    itself: a copy would drop the gradient hooks that hold the zeros, and the fine-tune
+    would fill them in again."""
+    import optuna
+
+    from search.core.space import apply_model_levers
+    from techniques import TECHNIQUES, Context
+
+    ctx = Context(
+        task=tiny_task, device="cpu", workdir=tmp_path, base_model=tiny_task.build_model(),
+        options={"sparse.searched": True},
+    )  # fmt: skip
+    fixed = optuna.trial.FixedTrial(
+        {"sparse.ratio": 0.5, "sparse.scope": "layer", "resolution.scale": 0.5}
+    )
+    plan = {name: None for name in TECHNIQUES}
+    plan["sparse"] = TECHNIQUES["sparse"].space(fixed, ctx)
+    plan["resolution"] = TECHNIQUES["resolution"].space(fixed, ctx)
+    assert plan["sparse"] is not None and plan["resolution"] is not None
+
+    model = apply_model_levers(ctx.base_model, plan, ctx)
+
+    before = sparsity(model)
+    assert abs(before - 0.5) < 0.05
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for inputs, targets in tiny_task.data("train"):
+        optimizer.zero_grad()
+        tiny_task.loss(model(inputs), targets).backward()
+        optimizer.step()
+    assert sparsity(model) == before

@@ -1,7 +1,10 @@
 """Every registered technique honours the same contract (one suite over TECHNIQUES)."""
 
+from dataclasses import replace
+
 import optuna
 import pytest
+import torch
 
 from search.core.space import baseline_params, reference_trials
 from techniques import TECHNIQUES, Context
@@ -54,15 +57,7 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, task) -> None:
     from search.measure.runtimes import evaluate
 
     technique = TECHNIQUES[name]
-    params_dict = dict(technique.reference_params(ctx) or {})
-    if not params_dict:
-        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
-        params = None
-        while params is None:
-            params = technique.space(trial, ctx)
-            trial = trial.study.ask()
-    else:
-        params = technique.space(optuna.trial.FixedTrial(params_dict), ctx)
+    params = _applied_params(technique, ctx)
     model = task.build_model()
     if technique.stage == "training":
         from search.train.loop import Recipe, fit
@@ -86,6 +81,74 @@ def test_applied_technique_yields_a_runnable_candidate(name, ctx, task) -> None:
         artifact = export_onnx(model, task.example_inputs(1), ctx.workdir / "m.onnx")
         artifact = technique.apply(artifact, params, ctx)
     assert 0.0 <= evaluate(artifact, task.data("val"), task.metric) <= 1.0
+
+
+def _applied_params(technique, ctx):
+    """The lever's reference setting, or else the first sampled setting that applies it."""
+    params_dict = dict(technique.reference_params(ctx) or {})
+    if params_dict:
+        return technique.space(optuna.trial.FixedTrial(params_dict), ctx)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
+    params = None
+    while params is None:
+        params = technique.space(trial, ctx)
+        trial = trial.study.ask()
+    return params
+
+
+MODEL_LEVERS = [name for name, technique in TECHNIQUES.items() if technique.stage == "model"]
+
+
+@pytest.mark.parametrize("name", MODEL_LEVERS)
+def test_a_model_lever_changes_only_a_model_it_owns(name, ctx, task) -> None:
+    """Without ``owns_model`` the given model is left as it was; with it, the lever makes
+    of the given model itself what it would have made of a copy."""
+    technique = TECHNIQUES[name]
+    params = _applied_params(technique, ctx)
+    given = task.build_model()
+    before = {key: value.clone() for key, value in given.state_dict().items()}
+    structure = str(given)
+
+    copied = technique.apply(given, params, ctx)
+
+    assert copied is not given
+    assert str(given) == structure
+    assert given.state_dict().keys() == before.keys()
+    assert all(torch.equal(given.state_dict()[key], value) for key, value in before.items())
+    owned = technique.apply(given, params, replace(ctx, owns_model=True))
+    assert owned is given
+    assert str(owned) == str(copied)
+    expected = copied.state_dict()
+    assert str(copied) != structure or any(  # the lever did something
+        key not in before or not torch.equal(before[key], value) for key, value in expected.items()
+    )
+    assert owned.state_dict().keys() == expected.keys()
+    assert all(torch.equal(owned.state_dict()[key], value) for key, value in expected.items())
+
+
+def test_a_chain_of_levers_leaves_the_users_model_as_it_was(ctx, task) -> None:
+    """Every model lever at once, each after the first changing the chain's own copy: the
+    user's model is unchanged, and the result is what lever after lever on copies makes."""
+    from search.core.space import apply_model_levers, model_techniques
+
+    plan = {name: None for name in TECHNIQUES}
+    for name, technique in model_techniques():
+        if name not in TRANSFORMER_LEVERS:
+            plan[name] = _applied_params(technique, ctx)
+    base = ctx.base_model
+    before = {key: value.clone() for key, value in base.state_dict().items()}
+
+    chained = apply_model_levers(base, plan, ctx)
+
+    stepwise = base
+    for name, technique in model_techniques():
+        if plan[name] is not None:
+            stepwise = technique.apply(stepwise, plan[name], ctx)
+    assert all(torch.equal(base.state_dict()[key], value) for key, value in before.items())
+    assert str(chained) == str(stepwise)
+    expected = stepwise.state_dict()
+    assert chained.state_dict().keys() == expected.keys()
+    assert all(torch.equal(chained.state_dict()[key], value) for key, value in expected.items())
 
 
 def test_registry_lists_stages_in_application_order() -> None:

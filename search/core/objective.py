@@ -39,10 +39,10 @@ from search.core.phases import PhaseClock
 from search.core.rungs import RungRule, held_readings, judge, peer_readings
 from search.core.sensitivity import int8_drops
 from search.core.space import (
+    apply_model_levers,
     artifact_techniques,
     every_parameter,
     fine_tunes,
-    model_techniques,
     sample_plan,
     trained_model_key,
     training_techniques,
@@ -154,11 +154,32 @@ class RunLink:
     study_name: str
 
 
+THOP_BUFFERS = ("total_ops", "total_params")
+
+
 def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """MACs and parameters as counted by thop (on a copy: thop leaves buffers behind)."""
+    """MACs and parameters as counted by thop, with ``model`` left as it was.
+
+    thop adds two counting buffers and two forward hooks to every module, and takes them
+    off again only from the modules it has a rule for, and only when the forward pass
+    succeeds. What it leaves is taken off here, rather than counting on a deep copy: the
+    copy cost twice the count on the built-in model, once per new shape in every study.
+    """
     import thop
 
-    macs, params = thop.profile(copy.deepcopy(model), (example_inputs,), verbose=False)
+    modules = list(model.modules())
+    was_training = model.training
+    own_buffers = {id(m): set(m._buffers) & set(THOP_BUFFERS) for m in modules}
+    own_hooks = {id(m): set(m._forward_hooks) for m in modules}
+    try:
+        macs, params = thop.profile(model, (example_inputs,), verbose=False)
+    finally:
+        model.train(was_training)
+        for module in modules:
+            for name in set(THOP_BUFFERS) - own_buffers[id(module)]:
+                module._buffers.pop(name, None)
+            for key in set(module._forward_hooks) - own_hooks[id(module)]:
+                del module._forward_hooks[key]  # only where the forward pass raised
     return int(macs), int(params)
 
 
@@ -306,11 +327,8 @@ class TrialObjective:
         started = time.perf_counter()
         key = trained_model_key(trial.params, plan)
         torch.manual_seed(self.settings.seed + zlib.crc32(key.encode()))
-        architecture = self.base_model
         with self._clock.phase("levers"):
-            for name, technique in model_techniques():
-                if plan[name] is not None:
-                    architecture = technique.apply(architecture, plan[name], ctx)
+            architecture = apply_model_levers(self.base_model, plan, ctx)
         # A draft that will be fine-tuned is only timed, never shipped: its number-format
         # conversion may calibrate on fewer samples (same graph, so the same latency).
         draft_ctx = replace(ctx, draft=True) if fine_tunes(plan) else ctx

@@ -10,7 +10,8 @@ the one-shot commands and the study's reference trials all read the space from h
 
 from __future__ import annotations
 
-from typing import Any, cast
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
@@ -21,6 +22,9 @@ from techniques import (
     ModelTechnique,
     TrainingTechnique,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EXPLORE_SAMPLES = 300
 
@@ -50,6 +54,22 @@ def fine_tunes(plan: dict[str, Any]) -> bool:
         plan[name] is not None and technique.fine_tunes(plan[name])
         for name, technique in artifact_techniques()
     )
+
+
+def apply_model_levers(model: nn.Module, plan: dict[str, Any], ctx: Context) -> nn.Module:
+    """``model`` through the plan's model levers in registry order; ``model`` is unchanged.
+
+    The first lever that applies copies ``model``; each one after it receives that
+    trial-own copy with ``ctx.owns_model`` and changes it in place, so a chain of five
+    levers makes one copy, not five.
+    """
+    owns = ctx.owns_model
+    for name, technique in model_techniques():
+        if plan[name] is not None:
+            applied = technique.apply(model, plan[name], replace(ctx, owns_model=owns))
+            owns = owns or applied is not model  # a lever with nothing to do returns its input
+            model = applied
+    return model
 
 
 def sample_plan(trial: optuna.trial.BaseTrial, ctx: Context) -> dict[str, Any]:
