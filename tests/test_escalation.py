@@ -2,12 +2,20 @@
 a feasible float32 reference is tried again with its weights stored in fp16, and a
 feasible one with no smaller form one step stronger, while it stays feasible."""
 
+import math
+
 import optuna
 import pytest
 from mlflow import MlflowClient
 from test_end_to_end import config_for, finished
 
-from search.core.escalation import escalate_reference, smaller_params, stronger_params
+from search.core.escalation import (
+    escalate_reference,
+    knob_rates,
+    one_knob_stronger,
+    smaller_params,
+    stronger_params,
+)
 from search.core.levers import LeverSettings
 from search.core.runner import run_search
 from techniques.pruning import MAX_RATIO
@@ -129,3 +137,44 @@ def test_a_reference_below_the_accuracy_floor_ends_its_line() -> None:
         following = escalate_reference(trial, -0.01, feasible=feasible, formats=formats)
         assert following == expected
         study.tell(trial, [0.9, 0.1, 0.1])
+
+
+def _finished(study: optuna.Study, params: dict, p50_ms: float, **attrs) -> None:
+    """A completed trial with ``params`` (floats in 0..1) and a measured p50."""
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions={k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in params},
+        values=[0.9, p50_ms, 1.0],
+        user_attrs={"latency": {"p50_ms": p50_ms}, **attrs},
+    )
+    study.add_trial(trial)
+
+
+def test_each_knob_s_rate_is_the_speed_its_own_reference_bought_per_step() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _finished(study, {"prune.ratio": 0.0}, 0.25, baseline=True, reference="baseline")
+    _finished(study, {"prune.ratio": 0.5}, 0.16, reference="prune")  # 5 steps of 0.1
+    _finished(study, {"depth.keep": 0.5}, 0.17, reference="depth")  # 2 steps of 0.25
+    _finished(study, {"depth.keep": 0.0}, 0.075, reference="depth", escalated_from=2)
+    _finished(study, {"depth.keep": 0.5, "prune.ratio": 0.5}, 0.1, reference="depth+prune")
+    rates = knob_rates(study)
+    assert set(rates) == {"prune.ratio", "depth.keep"}  # the combination is no knob's own
+    assert rates["prune.ratio"] == pytest.approx(math.log(0.25 / 0.16) / 5)
+    assert rates["depth.keep"] == pytest.approx(math.log(0.25 / 0.075) / 4)  # the furthest
+
+
+def test_a_combination_over_the_budget_moves_its_fastest_knob_one_step() -> None:
+    """The knob with the highest rate moves; at the end of its range, the next one."""
+    params = {"prune.ratio": 0.5, "depth.keep": 0.25, "resolution.scale": 0.75}
+    rates = {"prune.ratio": 0.09, "depth.keep": 0.3, "resolution.scale": 0.2}
+    assert one_knob_stronger(params, rates=rates) == {**params, "depth.keep": 0.0}
+    at_end = {**params, "depth.keep": 0.0}
+    assert one_knob_stronger(at_end, rates=rates) == {**at_end, "resolution.scale": 0.625}
+    assert one_knob_stronger(at_end, {"resolution.scale"}, rates=rates) == {
+        **at_end,
+        "prune.ratio": 0.6,
+    }
+    # unknown rates: STEPS order, so pruning first
+    assert one_knob_stronger(params) == {**params, "prune.ratio": 0.6}
+    done = {"prune.ratio": MAX_RATIO, "depth.keep": 0.0, "resolution.scale": 1.0}
+    assert one_knob_stronger(done, rates=rates) is None

@@ -118,6 +118,21 @@ def test_every_reference_is_in_the_space_of_its_runtime(ctx, runtime, device) ->
     assert (expected[runtime] in schemes) if expected[runtime] else schemes == {"fp32"}
 
 
+def test_the_shape_levers_have_a_combined_reference_at_full_width(ctx) -> None:
+    """Depth and resolution together, every other lever as in the baseline: the
+    combination that removes operators and pixels without narrowing a layer."""
+    references = {a["reference"]: p for p, a in reference_trials(ctx)}
+    base, shape = references["baseline"], references["depth+resolution"]
+    assert {k for k in base if shape[k] != base[k]} == {"depth.keep", "resolution.scale"}
+    training = {k: v for k, v in references["depth"].items() if k not in base}
+    assert training and shape.items() >= training.items()  # fine-tuned as the depth one is
+    assert shape["depth.keep"] == references["depth"]["depth.keep"]
+    assert shape["resolution.scale"] == references["resolution"]["resolution.scale"]
+    # with one of them off, it would be the other's own reference again: dropped
+    kept = [a["reference"] for _, a in constrain_references(reference_trials(ctx), {}, ["depth"])]
+    assert "depth+resolution" not in kept and "resolution" in kept
+
+
 def test_references_obey_fixes_but_the_baseline_stays_uncompressed(ctx) -> None:
     fixed = {"prune.ratio": 0.3, "quant.scheme": "fp32"}
     trials = constrain_references(reference_trials(ctx), fixed)

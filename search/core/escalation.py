@@ -38,6 +38,15 @@ elastic depth steps to a quarter fewer residual blocks kept (``depth.keep``, dow
 elastic resolution to an eighth of a side less (``resolution.scale``, down to 0.5 or the
 smallest scale the model takes, read off the trial's own distribution). For both, the
 smaller value is the faster one, and 1 means the lever is off.
+
+Over the budget, a reference that combines several knobs moves one of them per step:
+the one whose own single-lever reference bought the most speed per step, measured in this
+study (``knob_rates``). Such a step costs an export and a brief timing, so fine steps are
+cheap, and the first form that meets the budget is then the least compressed on its path.
+Why: moving every knob at once overshot. In the 0.25x searches of benchmark run
+2026-12-05-2 the combined reference went from 3.8x faster (just over the budget) to 8.6x in
+one step (pruning 70%, no residual blocks, half the input side, all at once) and lost 1.4
+to 2.2 points there; none of the three searches found a model within one point.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import math
 
 import optuna
 
@@ -101,6 +112,50 @@ def stronger_params(
     return stronger if stronger != dict(params) else None
 
 
+def knob_rates(study: optuna.Study) -> dict[str, float]:
+    """Speed bought per step by each knob on its own: ln(baseline p50 / p50) over the
+    steps from off, at the strongest single-lever reference of the knob measured so far.
+
+    A knob's single-lever reference is the trial whose ``reference`` is the knob's lever
+    (``prune`` for ``prune.ratio``); knobs whose reference has not finished are absent.
+    """
+    baseline_ms, furthest = None, {}  # knob -> (steps from off, p50 ms)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        p50 = trial.user_attrs.get("latency", {}).get("p50_ms")
+        if p50 is None or p50 <= 0:
+            continue
+        if trial.user_attrs.get("baseline"):
+            baseline_ms = float(p50)
+            continue
+        for name, knob in STEPS.items():
+            value = trial.params.get(name)
+            if trial.user_attrs.get("reference") != name.split(".")[0] or value is None:
+                continue
+            steps = abs(float(value) - knob.off) / abs(knob.step)
+            if steps > 0 and steps >= furthest.get(name, (0.0, 0.0))[0]:
+                furthest[name] = (steps, float(p50))
+    if baseline_ms is None:
+        return {}
+    return {name: math.log(baseline_ms / p50) / steps for name, (steps, p50) in furthest.items()}
+
+
+def one_knob_stronger(
+    params: Mapping[str, Any],
+    fixed: Collection[str] = (),
+    distributions: Mapping[str, optuna.distributions.BaseDistribution] | None = None,
+    rates: Mapping[str, float] | None = None,
+) -> dict[str, Any] | None:
+    """``params`` with one knob a step stronger: of those that can move, the one with the
+    highest ``rates`` entry (``STEPS`` order among equals and unknowns); None when none can."""
+    order = sorted(STEPS, key=lambda name: -(rates or {}).get(name, 0.0))
+    for name in order:
+        others = set(fixed) | (set(STEPS) - {name})
+        moved = stronger_params(params, others, distributions)
+        if moved is not None:
+            return moved
+    return None
+
+
 def smaller_params(
     params: Mapping[str, Any], fixed: Collection[str] = (), formats: Collection[str] = ()
 ) -> dict[str, Any] | None:
@@ -120,8 +175,8 @@ def escalate_reference(
     fixed: Collection[str] = (),
     formats: Collection[str] = (),
 ) -> dict[str, Any] | None:
-    """Enqueue the next form of ``trial`` when it is a reference: stronger when it is over
-    the budget; when it is feasible, stored smaller (``formats``: those the runtime offers)
+    """Enqueue the next form of ``trial`` when it is a reference: one knob stronger when it
+    is over the budget (``one_knob_stronger``); when it is feasible, stored smaller (``formats``: those the runtime offers)
     or, with no smaller form to try, stronger. An infeasible reference under the budget
     (below the accuracy floor) ends its line.
 
@@ -134,7 +189,8 @@ def escalate_reference(
         return None
     distributions = trial.distributions
     if over_budget_ms > 0:
-        following = stronger_params(trial.params, fixed, distributions)
+        rates = knob_rates(trial.study)
+        following = one_knob_stronger(trial.params, fixed, distributions, rates)
     elif feasible:
         following = smaller_params(trial.params, fixed, formats) or stronger_params(
             trial.params, fixed, distributions

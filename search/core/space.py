@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 EXPLORE_SAMPLES = 300
+# The levers that take whole blocks or pixels away without narrowing any layer: at batch 1
+# a small model's time is mostly per-operator cost, which channel levers keep. They get a
+# combined reference of their own (``reference_trials``).
+SHAPE_LEVERS = ("depth", "resolution")
 
 
 def _of_stage(stage: str) -> list[tuple[str, Any]]:
@@ -151,7 +155,11 @@ def reference_trials(ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]
 
     After the baseline: each model- or artifact-stage technique's reference setting alone
     (the single-lever references a report needs), then all of them together (the textbook
-    prune-then-quantize recipe). Whenever a reference fine-tunes, it does so with the
+    prune-then-quantize recipe), then the shape levers together (``SHAPE_LEVERS``, Once-for-
+    All's elastic depth and resolution) with every layer at its trained width. Why the
+    last: at 0.25x of the digits CNN the all-together reference, escalated, lost 1.4 to 2.2
+    points (benchmark run 2026-12-05-2), while no residual blocks at half the input side
+    with the widths kept held within one point at 9.5x faster. Whenever a reference fine-tunes, it does so with the
     training-stage references (e.g. distillation at T=4, alpha=0.9). They are cheap,
     informative first points; the sampler takes over from there.
     """
@@ -161,6 +169,7 @@ def reference_trials(ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]
         training.update(trainer.reference_params(ctx) or trainer.off_params(ctx))
     trials = [(base, {"baseline": True, "reference": "baseline"})]
     combined: dict[str, Any] = {}
+    by_name: dict[str, dict[str, Any]] = {}
     names: list[str] = []
     for name, technique in TECHNIQUES.items():
         reference = technique.reference_params(ctx)
@@ -169,10 +178,15 @@ def reference_trials(ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]
         fine_tunes = technique.stage == "model" and cast(ModelTechnique, technique).changes_weights
         extra = training if fine_tunes else {}
         trials.append(({**base, **reference, **extra}, {"reference": name}))
+        by_name[name] = dict(reference)
         combined.update({**reference, **extra})
         names.append(name)
     if len(names) > 1:
         trials.append(({**base, **combined}, {"reference": "+".join(names)}))
+    shape = [name for name in SHAPE_LEVERS if name in names]
+    if len(shape) > 1 and len(shape) < len(names):
+        together = {k: v for name in shape for k, v in by_name[name].items()}
+        trials.append(({**base, **together, **training}, {"reference": "+".join(shape)}))
     return trials
 
 
