@@ -51,11 +51,10 @@ to 2.2 points there; none of the three searches found a model within one point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import optuna
 
@@ -119,7 +118,8 @@ def knob_rates(study: optuna.Study) -> dict[str, float]:
     A knob's single-lever reference is the trial whose ``reference`` is the knob's lever
     (``prune`` for ``prune.ratio``); knobs whose reference has not finished are absent.
     """
-    baseline_ms, furthest = None, {}  # knob -> (steps from off, p50 ms)
+    baseline_ms: float | None = None
+    furthest: dict[str, tuple[float, float]] = {}  # knob -> (steps from off, p50 ms)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         p50 = trial.user_attrs.get("latency", {}).get("p50_ms")
         if p50 is None or p50 <= 0:
@@ -176,9 +176,9 @@ def escalate_reference(
     formats: Collection[str] = (),
 ) -> dict[str, Any] | None:
     """Enqueue the next form of ``trial`` when it is a reference: one knob stronger when it
-    is over the budget (``one_knob_stronger``); when it is feasible, stored smaller (``formats``: those the runtime offers)
-    or, with no smaller form to try, stronger. An infeasible reference under the budget
-    (below the accuracy floor) ends its line.
+    is over the budget (``one_knob_stronger``); when it is feasible, stored smaller
+    (``formats``: those the runtime offers) or, with no smaller form to try, stronger. An
+    infeasible reference under the budget (below the accuracy floor) ends its line.
 
     Returns the parameters it enqueued (None when it enqueued nothing). The new trial
     keeps the reference's name, plus ``escalated_from``, so a report can tell it from the

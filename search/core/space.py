@@ -159,9 +159,9 @@ def reference_trials(ctx: Context) -> list[tuple[dict[str, Any], dict[str, Any]]
     All's elastic depth and resolution) with every layer at its trained width. Why the
     last: at 0.25x of the digits CNN the all-together reference, escalated, lost 1.4 to 2.2
     points (benchmark run 2026-12-05-2), while no residual blocks at half the input side
-    with the widths kept held within one point at 9.5x faster. Whenever a reference fine-tunes, it does so with the
-    training-stage references (e.g. distillation at T=4, alpha=0.9). They are cheap,
-    informative first points; the sampler takes over from there.
+    with the widths kept held within one point at 9.5x faster. Whenever a reference
+    fine-tunes, it does so with the training-stage references (e.g. distillation at T=4,
+    alpha=0.9). They are cheap, informative first points; the sampler takes over from there.
     """
     base = baseline_params(ctx)
     training: dict[str, Any] = {}
