@@ -139,6 +139,21 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
     ]
     for name, seconds in sorted(ov["phases"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {seconds:.1f} | {100 * seconds / ov['trial_seconds']:.1f}% |")
+    if ov.get("by_kind"):  # results before run 30 do not have it
+        lines += [
+            "",
+            "By what became of the trial:",
+            "",
+            "| trial | trials | seconds each | outside the work | share of the overhead |",
+            "|---|---|---|---|---|",
+        ]
+        spent = ov["trial_seconds"] - ov["work_seconds"]
+        for kind, k in sorted(ov["by_kind"].items(), key=lambda kv: -kv[1]["trials"]):
+            outside = k["trial_seconds"] - k["work_seconds"]
+            lines.append(
+                f"| {kind} | {k['trials']} | {k['trial_seconds'] / k['trials']:.2f} | "
+                f"{100 * k['share']:.1f}% | {100 * outside / spent if spent else 0:.0f}% |"
+            )
     peaks = results["peaks"]
     lines += [
         "",

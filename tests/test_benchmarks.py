@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.compare import ALPHA, agreement, chance_next_median_within, same_search_p
 from benchmarks.hypervolume import Box, box_of, curve, feasible_points, hypervolume
-from benchmarks.overhead import overhead
+from benchmarks.overhead import FINISHED, SCREENED, STOPPED, overhead
 from benchmarks.report import render_markdown, results_stem
 from benchmarks.roofline import Peaks, floor_of, onnx_bytes
 from benchmarks.search_speed import search_of, speed_lines
@@ -197,6 +197,22 @@ def test_overhead_is_what_the_work_phases_leave() -> None:
     assert result.phases["other (Optuna, MLflow, files)"] == pytest.approx(2)
 
 
+def test_overhead_is_split_by_what_became_of_the_trial() -> None:
+    fine_tuned = _trial((0.99, 0.2, 0.5), seconds=10, phases={"fine_tune": 8.0, "export": 1.0})
+    screened = _trial(
+        (0.10, 0.9, 0.5), start=10, seconds=2, phases={"latency": 1.0, "export": 0.5},
+        kind="before fine-tuning",
+    )  # fmt: skip
+    stopped = _trial(
+        (0.5, 0.2, 0.5), start=12, seconds=4, phases={"fine_tune": 3.0}, kind="stopped at epoch 2"
+    )
+    kinds = overhead([_study([fine_tuned, screened, stopped])]).by_kind
+    assert kinds[SCREENED]["trials"] == 1 and kinds[SCREENED]["share"] == pytest.approx(0.5)
+    assert kinds[FINISHED]["share"] == pytest.approx(0.2)
+    assert kinds[STOPPED]["work_seconds"] == pytest.approx(3.0)
+    assert kinds[STOPPED]["share"] == pytest.approx(0.25)
+
+
 def test_roofline_takes_the_slower_of_compute_and_memory() -> None:
     peaks = Peaks(fp32_gmacs=50, int8_gmacs=100, bandwidth_gbs=10, threads=1, how="made up")
     fp32 = floor_of(50_000_000, 1_000_000, False, measured_ms=2.0, peaks=peaks)
@@ -322,7 +338,12 @@ def _results(faster_student: float, hv_random: float, best=(2.2, 2.0, 3.0)) -> d
             "trial_share": 0.05,
             "run_share": 0.06,
             "trial_seconds": 20,
+            "work_seconds": 19,
             "phases": {"fine_tune": 15.0, "export": 1.0},
+            "by_kind": {
+                SCREENED: {"trials": 1, "trial_seconds": 2.0, "work_seconds": 1.5, "share": 0.25},
+                FINISHED: {"trials": 1, "trial_seconds": 18, "work_seconds": 17.5, "share": 0.03},
+            },
         },
         "peaks": {"fp32_gmacs": 50, "int8_gmacs": 90, "bandwidth_gbs": 30, "how": "made up"},
         "roofline": [
@@ -438,6 +459,15 @@ def test_the_report_marks_the_pick_and_what_promote_would_take() -> None:
     assert "  | 3 (pick, promote) |" in render_markdown(results, "plot.png")
     del search["promote_trial"]  # a results file from before the mark
     assert "  | 1 | 0.9900" in render_markdown(results, "plot.png")
+
+
+def test_the_report_splits_the_overhead_by_what_became_of_the_trial() -> None:
+    results = _results(faster_student=1.5, hv_random=0.25)
+    text = render_markdown(results, "plot.png")
+    # 0.5 of the 1 s outside the work was the screened trial's
+    assert f"| {SCREENED} | 1 | 2.00 | 25.0% | 50% |" in text
+    del results["overhead"]["by_kind"]  # results from before the split
+    assert "By what became of the trial" not in render_markdown(results, "plot.png")
 
 
 def test_the_markdown_names_the_command_and_the_ratio() -> None:

@@ -208,19 +208,25 @@ def make_template(
     from onnx import numpy_helper
 
     proto = onnx.load_from_string(onnx_bytes)
-    by_shape: dict[tuple[int, ...], list[tuple[Recipe, np.ndarray]]] = {}
+    by_shape: dict[tuple[int, ...], list[tuple[Recipe, np.ndarray, float]]] = {}
     for recipe, value in candidate_tensors(model, folded_pairs(model, example_inputs)):
-        by_shape.setdefault(value.shape, []).append((recipe, value))
+        head = float(value.flat[0]) if value.size else 0.0
+        by_shape.setdefault(value.shape, []).append((recipe, value, head))
     readers = _reading_modules(proto, {name for name, _ in model.named_modules()})
     recipes: dict[str, tuple[Recipe, ...]] = {}
     for initializer in proto.graph.initializer:
         value = numpy_helper.to_array(initializer)
         if not np.issubdtype(value.dtype, np.floating):
             continue  # shapes and indices: the graph's, not the weights'
+        first = float(value.flat[0]) if value.size else 0.0
         found = tuple(
             recipe
-            for recipe, candidate in by_shape.get(value.shape, [])
-            if np.allclose(value, candidate, rtol=MATCH_RTOL, atol=MATCH_ATOL)
+            for recipe, candidate, head in by_shape.get(value.shape, [])
+            # the first element decides for all but one candidate of a shape (a MobileNet
+            # has dozens of 1x1 convolutions of one shape): compared alone first, it made
+            # an export's template 26 -> 9 ms here; np.allclose then decides as before
+            if abs(first - head) <= MATCH_ATOL + MATCH_RTOL * abs(head)
+            and np.allclose(value, candidate, rtol=MATCH_RTOL, atol=MATCH_ATOL)
         )
         # values can coincide (a folded bias where the norm's mean is all but zero is the
         # norm's own bias): the module whose node reads the initializer decides
