@@ -77,6 +77,16 @@ def command_line() -> argparse.ArgumentParser:
     )
     check.add_argument("first", type=Path)
     check.add_argument("second", type=Path)
+    again = commands.add_parser(
+        "replay-rungs",
+        help="judge a shadow search's candidates again with other rung margins: stops, "
+        "false stops and time saved for each",
+    )
+    again.add_argument("--storage", required=True, help="the searches' Optuna storage URL")
+    again.add_argument("--study", nargs="*", help="study names (default: every study there)")
+    again.add_argument("--margins", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25])
+    again.add_argument("--keep-fraction", type=float, default=1 / 3)
+    again.add_argument("--epochs", type=int, default=10, help="the fine-tunes' length")
     load = commands.add_parser("serve-load", help="search serve with batching off and on")
     load.add_argument("--model", type=Path, help="ONNX file (default: the digits baseline)")
     load.add_argument("--requests", type=int, default=400, help="requests per setting")
@@ -89,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = command_line().parse_args(argv)
     if args.command == "serve-load":
         return _serve_load(args)
+    if args.command == "replay-rungs":
+        return _replay_rungs(args)
     if args.command == "compare":
         from benchmarks.compare import agreement
 
@@ -102,6 +114,40 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # bad input: one line, exit 2, as the search CLI says it
         print(f"python -m benchmarks run: error: {error}", file=sys.stderr)
         return 2
+
+
+def _replay_rungs(args: argparse.Namespace) -> int:
+    """One line per margin, pooled over the studies: what the rule would have done."""
+    import optuna
+
+    from benchmarks.early_stop import replay
+    from search.common.errors import ConfigError
+    from search.core.rungs import RungRule
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        rules = [RungRule(margin=m, keep_fraction=args.keep_fraction) for m in args.margins]
+        names = args.study or optuna.get_all_study_names(args.storage)
+        if not names:
+            raise ConfigError(f"--storage {args.storage}: no study in it")
+        studies = [optuna.load_study(study_name=n, storage=args.storage) for n in names]
+    except Exception as error:  # bad input (a margin, a URL, a study name): one line
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"python -m benchmarks replay-rungs: error: {reason}", file=sys.stderr)
+        return 2
+    print(f"{len(studies)} searches: {', '.join(names)}")
+    for rule in rules:
+        runs = [replay(study, rule, args.epochs) for study in studies]
+        stops = sum(r.stops for r in runs)
+        false = sum(len(r.false_stops) for r in runs)
+        saved = sum(r.seconds_saved for r in runs)
+        wall = sum(r.trial_seconds for r in runs)
+        print(
+            f"margin {rule.margin:g}: {stops} stops, {false} of them feasible"
+            + (f" ({100 * false / stops:.0f}%)" if stops else "")
+            + f", {saved:.0f} s of fine-tuning saved ({100 * saved / wall:.0f}% of {wall:.0f} s)"
+        )
+    return 0
 
 
 def _share(text: str) -> float:

@@ -10,11 +10,22 @@ their fine-tunes did not spend is estimated the same way (the schedule's remaini
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from search.track.trials import RUNG_ATTR, STOPPED_ATTR, WOULD_STOP_ATTR, is_feasible
+from search.core.rungs import Reading, RungRule, judge
+from search.track.trials import (
+    DEPLOYED,
+    RUNG_ATTR,
+    STOPPED_ATTR,
+    WOULD_STOP_ATTR,
+    is_feasible,
+)
+
+# user attrs that mark a trial the rule never stops (the baseline and the references)
+_NEVER_STOPPED = ("baseline", "reference", "escalated_from")
 
 
 def rung_counts(study: optuna.Study, epochs: int) -> dict[str, Any]:
@@ -85,3 +96,82 @@ def render(searches: dict[str, Sequence[dict[str, Any]]], mode: str) -> list[str
     if mode == "shadow" and would:
         lines += ["", f"False-stop rate: {false} of {would} ({100 * false / would:.0f}%)."]
     return [*lines, ""]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What ``rule`` would have done to one shadow search, whose candidates all finished."""
+
+    stops: int
+    false_stops: list[int]  # trials it would have stopped that ended feasible
+    seconds_saved: float  # their fine-tuning after the rung
+    fine_tune_seconds: float
+    trial_seconds: float  # the search's summed trial wall time
+
+
+def replay(study: optuna.Study, rule: RungRule, epochs: int) -> Replay:
+    """Judge every candidate of a shadow search again, in trial order, with ``rule``
+    (fine-tunes ``epochs`` long).
+
+    Why: a shadow search fine-tunes every candidate to the end and records its readings at
+    the rungs, so any margin or keep fraction can be tried on it after the fact, with the
+    truth to score it by. The evidence is rebuilt as the rule would have had it: a
+    candidate is judged against the readings of the trials before it (one process runs a
+    search's trials in turn); one the replay stops is no longer evidence of a finished
+    candidate, though its reading still ranks among its peers. The verdict is
+    ``search.core.rungs.judge``'s, so what is replayed is the rule itself. Only the rung
+    epochs the search recorded can be replayed.
+    """
+    done = sorted(
+        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+        key=lambda t: t.number,
+    )
+    held: dict[str, list[Reading]] = {}
+    peers: dict[str, list[float]] = {}
+    stops, false_stops, saved = 0, [], 0.0
+    for trial in done:
+        readings = {str(k): float(v) for k, v in (trial.user_attrs.get(RUNG_ATTR) or {}).items()}
+        stopped_at = None
+        if not any(key in trial.user_attrs for key in _NEVER_STOPPED):
+            for epoch in sorted(readings, key=int):
+                if int(epoch) not in rule.epochs:
+                    continue
+                verdict = judge(
+                    rule,
+                    accuracy=readings[epoch],
+                    held=held.get(epoch, []),
+                    peers=peers.get(epoch, []),
+                )
+                if verdict.stop:
+                    stopped_at = int(epoch)
+                    break
+        for epoch, accuracy in readings.items():
+            if stopped_at is None or int(epoch) <= stopped_at:
+                peers.setdefault(epoch, []).append(accuracy)
+        if stopped_at is not None:
+            stops += 1
+            if is_feasible(trial):
+                false_stops.append(trial.number)
+            saved += _fine_tune(trial) * (epochs - stopped_at) / epochs
+        elif trial.user_attrs.get("accuracy_kind") == DEPLOYED and _met_floor(trial):
+            for epoch, accuracy in readings.items():
+                held.setdefault(epoch, []).append(Reading(trial.number, accuracy))
+    return Replay(
+        stops=stops,
+        false_stops=false_stops,
+        seconds_saved=saved,
+        fine_tune_seconds=sum(_fine_tune(t) for t in done),
+        trial_seconds=sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in done
+            if t.datetime_start is not None and t.datetime_complete is not None
+        ),
+    )
+
+
+def _fine_tune(trial: optuna.trial.FrozenTrial) -> float:
+    return float((trial.user_attrs.get("phase_seconds") or {}).get("fine_tune", 0.0))
+
+
+def _met_floor(trial: optuna.trial.FrozenTrial) -> bool:
+    return float(trial.user_attrs.get("below_accuracy_floor", 1.0)) <= 0

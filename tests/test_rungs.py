@@ -219,3 +219,54 @@ def test_the_benchmark_counts_false_stops_in_shadow_mode() -> None:
     table = "\n".join(render({"0.5x": [{"seed": 0, "rungs": counts}]}, "shadow"))
     assert "| 0.5x | 0 | 3 | 0 | 2 | 1 (trials 0) | 30 | 16 |" in table
     assert "False-stop rate: 1 of 2 (50%)." in table
+
+
+def test_a_shadow_search_replayed_with_another_margin_scores_it_by_what_ended_feasible() -> None:
+    """Every candidate of a shadow search finished: the replay knows which stops were
+    false. A reference never stops; one the replay stops is no longer evidence."""
+    from datetime import datetime, timedelta
+
+    from benchmarks.early_stop import replay
+    from search.track.trials import DEPLOYED
+
+    start = datetime(2026, 12, 5)
+
+    def finished(reading: float, *, feasible: bool, reference: bool = False):
+        trial = optuna.trial.create_trial(
+            values=[0.99 if feasible else 0.5, 1.0, 1.0],
+            user_attrs={
+                RUNG_ATTR: {"2": reading},
+                "accuracy_kind": DEPLOYED,
+                "below_accuracy_floor": -0.01 if feasible else 0.3,
+                "phase_seconds": {"fine_tune": 10.0},
+                **({"reference": "prune"} if reference else {}),
+            },
+            constraints={"over_budget_ms": -1.0, "below_floor": -0.01 if feasible else 0.3},
+        )
+        trial.datetime_start, trial.datetime_complete = start, start + timedelta(seconds=12)
+        return trial
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.add_trials([
+        finished(0.9, feasible=True, reference=True),  # the first evidence
+        finished(0.5, feasible=True),  # a slow starter that ended feasible
+        finished(0.02, feasible=False),  # hopeless
+        finished(0.01, feasible=False, reference=True),  # references never stop
+    ])  # fmt: skip
+    tight = replay(study, RungRule(epochs=(2,), margin=0.05), epochs=10)
+    assert tight.stops == 2 and tight.false_stops == [1]
+    assert tight.seconds_saved == pytest.approx(2 * 10.0 * 8 / 10)
+    assert tight.fine_tune_seconds == pytest.approx(40)
+    assert tight.trial_seconds == pytest.approx(48)
+    loose = replay(study, RungRule(epochs=(2,), margin=0.45), epochs=10)
+    assert loose.stops == 1 and loose.false_stops == []  # the slow starter went on
+    assert loose.seconds_saved == pytest.approx(8.0)
+
+
+def test_replay_rungs_says_a_bad_storage_in_one_line(tmp_path) -> None:
+    from benchmarks.__main__ import main
+
+    missing = f"sqlite:///{tmp_path}/no/such/folder/o.db"
+    assert main(["replay-rungs", "--storage", missing]) == 2
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    assert main(["replay-rungs", "--storage", empty]) == 2

@@ -153,7 +153,7 @@ def run(
         float | None,
         typer.Option(
             help="How far a candidate may read at a rung below every finished candidate "
-            "that met the floor and still go on (default 0.05: five points).",
+            "that met the floor and still go on (default 0.25, as measured).",
         ),
     ] = None,
     latency_anchor: Annotated[

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from search.common.errors import ConfigError
 from search.core.levers import LeverSettings
+from search.core.rungs import DEFAULT_MARGIN as DEFAULT_RUNG_MARGIN
 from search.track.trials import ACCURACY_RULES
 
 _UNIT_TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
@@ -166,9 +167,9 @@ class SearchConfig:
     # references) the eager readings after epoch 2 of 10 were 0.18-0.89 for candidates that
     # ended at 0.983-0.994, so this margin would have stopped nearly every one of them.
     early_stop: str = "off"
-    # After two of the ten epochs, five points of allowance under the floor: a first guess.
+    # After two of the ten epochs; the allowance as measured (search.core.rungs).
     rungs: tuple[int, ...] = (2,)
-    rung_margin: float = 0.05
+    rung_margin: float = DEFAULT_RUNG_MARGIN
     latency_anchor: bool = True
     anchor_p50_ms: float | None = None
     sampler: str = "tpe"
