@@ -61,7 +61,7 @@ def command_line() -> argparse.ArgumentParser:
     run.add_argument(
         "--early-stop",
         choices=("on", "off", "shadow"),
-        help="successive halving in the searches (default off; shadow: record, never stop)",
+        help="successive halving in the searches (default on; shadow: record, never stop)",
     )
     run.add_argument(
         "--accuracy-rule",
@@ -84,8 +84,16 @@ def command_line() -> argparse.ArgumentParser:
     )
     again.add_argument("--storage", required=True, help="the searches' Optuna storage URL")
     again.add_argument("--study", nargs="*", help="study names (default: every study there)")
-    again.add_argument("--margins", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25])
+    again.add_argument("--margins", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
+    again.add_argument(
+        "--rungs", type=int, nargs="+", default=[4], help="the epochs judged (default 4)"
+    )
     again.add_argument("--keep-fraction", type=float, default=1 / 3)
+    again.add_argument(
+        "--tracking-uri",
+        help="read every epoch's reading from the MLflow curves (for shadow searches from "
+        "before 2026-12-05, which recorded their rung epochs only)",
+    )
     again.add_argument("--epochs", type=int, default=10, help="the fine-tunes' length")
     load = commands.add_parser("serve-load", help="search serve with batching off and on")
     load.add_argument("--model", type=Path, help="ONNX file (default: the digits baseline)")
@@ -120,24 +128,28 @@ def _replay_rungs(args: argparse.Namespace) -> int:
     """One line per margin, pooled over the studies: what the rule would have done."""
     import optuna
 
-    from benchmarks.early_stop import replay
+    from benchmarks.early_stop import curve_readings, recorded_readings, replay
     from search.common.errors import ConfigError
     from search.core.rungs import RungRule
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        rules = [RungRule(margin=m, keep_fraction=args.keep_fraction) for m in args.margins]
+        rules = [
+            RungRule(epochs=tuple(args.rungs), margin=m, keep_fraction=args.keep_fraction)
+            for m in args.margins
+        ]
         names = args.study or optuna.get_all_study_names(args.storage)
         if not names:
             raise ConfigError(f"--storage {args.storage}: no study in it")
         studies = [optuna.load_study(study_name=n, storage=args.storage) for n in names]
+        readings = curve_readings(args.tracking_uri) if args.tracking_uri else recorded_readings
     except Exception as error:  # bad input (a margin, a URL, a study name): one line
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"python -m benchmarks replay-rungs: error: {reason}", file=sys.stderr)
         return 2
-    print(f"{len(studies)} searches: {', '.join(names)}")
+    print(f"{len(studies)} searches: {', '.join(names)}; rungs at epochs {args.rungs}")
     for rule in rules:
-        runs = [replay(study, rule, args.epochs) for study in studies]
+        runs = [replay(study, rule, args.epochs, readings) for study in studies]
         stops = sum(r.stops for r in runs)
         false = sum(len(r.false_stops) for r in runs)
         saved = sum(r.seconds_saved for r in runs)

@@ -9,7 +9,7 @@ their fine-tunes did not spend is estimated the same way (the schedule's remaini
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ from search.track.trials import (
     is_feasible,
 )
 
+# the per-epoch curve the fine-tune logs to MLflow (search.core.objective)
+EAGER_CURVE = "finetune_val_accuracy_eager"
 # user attrs that mark a trial the rule never stops (the baseline and the references)
 _NEVER_STOPPED = ("baseline", "reference", "escalated_from")
 
@@ -109,7 +111,35 @@ class Replay:
     trial_seconds: float  # the search's summed trial wall time
 
 
-def replay(study: optuna.Study, rule: RungRule, epochs: int) -> Replay:
+Readings = Callable[[optuna.trial.FrozenTrial], dict[str, float]]
+
+
+def recorded_readings(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """A trial's rung readings as the study keeps them: epoch (from 1) -> accuracy."""
+    return {str(k): float(v) for k, v in (trial.user_attrs.get(RUNG_ATTR) or {}).items()}
+
+
+def curve_readings(tracking_uri: str) -> Readings:
+    """Every epoch's eager reading from the trial's MLflow curve (the metric
+    ``finetune_val_accuracy_eager``, step = epoch - 1): for shadow searches that recorded
+    their rung epochs only."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def readings(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            return recorded_readings(trial)
+        history = client.get_metric_history(str(run_id), EAGER_CURVE)
+        return {str(m.step + 1): float(m.value) for m in history} or recorded_readings(trial)
+
+    return readings
+
+
+def replay(
+    study: optuna.Study, rule: RungRule, epochs: int, readings_of: Readings = recorded_readings
+) -> Replay:
     """Judge every candidate of a shadow search again, in trial order, with ``rule``
     (fine-tunes ``epochs`` long).
 
@@ -119,8 +149,10 @@ def replay(study: optuna.Study, rule: RungRule, epochs: int) -> Replay:
     candidate is judged against the readings of the trials before it (one process runs a
     search's trials in turn); one the replay stops is no longer evidence of a finished
     candidate, though its reading still ranks among its peers. The verdict is
-    ``search.core.rungs.judge``'s, so what is replayed is the rule itself. Only the rung
-    epochs the search recorded can be replayed.
+    ``search.core.rungs.judge``'s, so what is replayed is the rule itself. A shadow search
+    records every epoch's reading, so the rule can be replayed at any epoch; for one from
+    before 2026-12-05, which recorded its rung epochs only, ``readings_of`` may read them
+    from the MLflow curves (``curve_readings``).
     """
     done = sorted(
         study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
@@ -130,11 +162,11 @@ def replay(study: optuna.Study, rule: RungRule, epochs: int) -> Replay:
     peers: dict[str, list[float]] = {}
     stops, false_stops, saved = 0, [], 0.0
     for trial in done:
-        readings = {str(k): float(v) for k, v in (trial.user_attrs.get(RUNG_ATTR) or {}).items()}
+        readings = readings_of(trial)
         stopped_at = None
         if not any(key in trial.user_attrs for key in _NEVER_STOPPED):
             for epoch in sorted(readings, key=int):
-                if int(epoch) not in rule.epochs:
+                if not rule.judges(int(epoch), epochs):
                     continue
                 verdict = judge(
                     rule,

@@ -95,8 +95,9 @@ class Plan:
     fixed: tuple[tuple[str, Any], ...] = ()
     # successive halving over fine-tuning epochs in the searches and in our arms
     # (``search run --early-stop``): on, off, or shadow (records where it would stop, to
-    # count false stops); results files from before 2026-12-04 have no such key: off
-    early_stop: str = "off"
+    # count false stops), on by default as in the search; results files from before
+    # 2026-12-04 have no such key: off
+    early_stop: str = "on"
     # the searches' ``--accuracy-rule``; the picks under every rule are reported from the
     # same trials either way (``benchmarks.rules``)
     accuracy_rule: str = "point"

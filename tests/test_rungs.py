@@ -136,8 +136,10 @@ def test_shadow_mode_records_the_stop_and_goes_on(tmp_path: Path, tiny_task) -> 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     _finished(study, 0.62, met_floor=True)
     trial = study.ask()
+    assert not objective._at_rung(trial, 1, 10, 0.20, run_id)  # no rung: recorded, for replays
     assert not objective._at_rung(trial, 2, 10, 0.30, run_id)
     assert trial.user_attrs[WOULD_STOP_ATTR] == 2 and STOPPED_ATTR not in trial.user_attrs
+    assert trial.user_attrs[RUNG_ATTR] == {"1": 0.20, "2": 0.30}
 
 
 def test_a_stopped_trial_is_complete_infeasible_and_visible_in_mlflow_and_status(
@@ -270,3 +272,20 @@ def test_replay_rungs_says_a_bad_storage_in_one_line(tmp_path) -> None:
     assert main(["replay-rungs", "--storage", missing]) == 2
     empty = f"sqlite:///{tmp_path}/empty.db"
     assert main(["replay-rungs", "--storage", empty]) == 2
+
+
+def test_a_replay_reads_every_epoch_from_the_mlflow_curve_where_the_study_kept_rungs_only(
+    tmp_path,
+) -> None:
+    from benchmarks.early_stop import curve_readings, recorded_readings
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    for step, value in enumerate([0.1, 0.3, 0.6, 0.8]):
+        client.log_metric(run_id, "finetune_val_accuracy_eager", value, step=step)
+    trial = optuna.trial.create_trial(
+        values=[0.9, 1.0, 1.0], user_attrs={"mlflow_run_id": run_id, RUNG_ATTR: {"2": 0.3}}
+    )
+    assert recorded_readings(trial) == {"2": 0.3}
+    assert curve_readings(uri)(trial) == {"1": 0.1, "2": 0.3, "3": 0.6, "4": 0.8}

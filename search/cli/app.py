@@ -141,19 +141,19 @@ def run(
         str | None,
         typer.Option(
             help="Successive halving over fine-tuning epochs: on stops a candidate whose "
-            "accuracy at a rung is hopeless; off (the default, until calibrated); shadow "
+            "accuracy at a rung is hopeless (the default); off never stops; shadow "
             "records where it would have stopped and never stops.",
         ),
     ] = None,
     rungs: Annotated[
         str | None,
-        typer.Option(help="Epochs after which a fine-tuning candidate is judged (default 2)."),
+        typer.Option(help="Epochs after which a fine-tuning candidate is judged (default 4)."),
     ] = None,
     rung_margin: Annotated[
         float | None,
         typer.Option(
             help="How far a candidate may read at a rung below every finished candidate "
-            "that met the floor and still go on (default 0.25, as measured).",
+            "that met the floor and still go on (default 0.05: five points).",
         ),
     ] = None,
     latency_anchor: Annotated[

@@ -699,13 +699,20 @@ class TrialObjective:
         """Whether successive halving stops this fine-tune after ``epoch`` (from 1).
 
         The reading is recorded on the trial first, so the other candidates (in this
-        process or another worker) are ranked against it. References never stop.
+        process or another worker) are ranked against it. References never stop. In
+        shadow mode every epoch's reading is recorded, judged or not, so a replay
+        (``python -m benchmarks replay-rungs``) can try the rule at any epoch.
         """
         rule = self.settings.rungs
-        if rule is None or not rule.judges(epoch, epochs):
+        if rule is None:
+            return False
+        judged = rule.judges(epoch, epochs)
+        if not (judged or rule.shadow):
             return False
         readings = {**(trial.user_attrs.get(RUNG_ATTR) or {}), str(epoch): accuracy}
         trial.set_user_attr(RUNG_ATTR, readings)
+        if not judged:
+            return False
         if any(k in trial.user_attrs for k in ("baseline", *REFERENCE_TAGS)):
             return False
         others = trial.study.get_trials(deepcopy=False)

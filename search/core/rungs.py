@@ -41,14 +41,18 @@ import optuna
 from search.common.errors import ConfigError
 from search.track.trials import DEPLOYED, RUNG_ATTR
 
-# The allowance under the lowest rung reading of a finished candidate that met the floor.
-# Measured (2026-12-05, Zen 5, three 40-trial 0.5x searches in shadow mode, every candidate
-# finished): with 0.05, 4 of the 40 would-stop candidates ended feasible (10%; one was its
-# search's most accurate), all int8-QAT or distilled ones that read 0.42-0.69 after two
-# epochs where the references had read 0.62-0.94. Replayed on those 120 finished
-# candidates, 0.15 still stops one that ended feasible, 0.2 none; 0.25 keeps a step in hand
-# and stops 32 of 41 (27% of the searches' wall time saved instead of 35%).
-DEFAULT_MARGIN = 0.25
+# When and how far: measured (2026-12-05, Zen 5, 0.5x, 40-trial searches in shadow mode, so
+# every candidate finished and a stop can be scored by how the candidate ended). Judged
+# after epoch 2 of 10 with a margin of 0.05, 4 of the 40 would-stops of seeds 0-2 ended
+# feasible (10%; one its search's most accurate), and 1 of 5 in seed 3: distilled and
+# int8-QAT candidates read anywhere from chance (0.10) to 0.94 after two epochs and still
+# ended at 0.99. Replayed on every epoch's readings (``benchmarks.early_stop.replay``): at
+# epoch 2 or 3 every margin up to 0.2 stopped a candidate that ended feasible in one set of
+# seeds or the other; at epoch 4 no margin from 0.02 to 0.2 did, in either (0.05: 32
+# stops, 20% of the wall time saved, seeds 0-2; 27 stops, 18%, seeds 3-5, where seed 5 was
+# searched after the choice, as a holdout: 11 stops, none false).
+DEFAULT_EPOCHS = (4,)
+DEFAULT_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class RungRule:
         shadow: judge and record, never stop.
     """
 
-    epochs: tuple[int, ...] = (2,)
+    epochs: tuple[int, ...] = DEFAULT_EPOCHS
     margin: float = DEFAULT_MARGIN
     keep_fraction: float = 1 / 3
     shadow: bool = False
