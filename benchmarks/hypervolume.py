@@ -86,3 +86,30 @@ def curve(
 ) -> list[float]:
     """The hypervolume reached by each of ``times`` (seconds since the first trial)."""
     return [hypervolume([p for t, p in points if t <= limit], box) for limit in times]
+
+
+def share_to_reach(
+    ours: Sequence[Sequence[float]],
+    other: Sequence[Sequence[float]],
+    times: Sequence[float],
+) -> tuple[float | None, list[float | None]]:
+    """How soon ``ours`` reaches where ``other`` ended, as a share of the wall time.
+
+    The second half of a speed claim (the same front in less time): the first time the
+    median of ``ours``'s curves reaches the median of ``other``'s final hypervolumes, and
+    per seed, the first time our run reaches the same seed's run of ``other`` at its end.
+    None: never within the time. Curves are hypervolumes at ``times`` (``curve``), one
+    per seed, in the same seed order for both arms.
+    """
+    end = float(times[-1])
+
+    def first(values: Sequence[float], target: float) -> float | None:
+        for time, value in zip(times, values, strict=True):
+            if value >= target:
+                return float(time) / end
+        return None
+
+    median = np.median(np.asarray(ours, dtype=float), axis=0)
+    target = float(np.median([run[-1] for run in other]))
+    per_seed = [first(mine, theirs[-1]) for mine, theirs in zip(ours, other, strict=True)]
+    return first(list(median), target), per_seed

@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks.compare import chance_next_median_within
 from benchmarks.early_stop import render as render_rungs
+from benchmarks.hypervolume import share_to_reach
 from benchmarks.rules import rules_section
 from search.measure.intervals import show_delta
 
@@ -125,6 +126,14 @@ def render_markdown(results: dict[str, Any], plot_name: str) -> str:
             else "∞ (the second reached none)"
         )
         lines += ["", f"Median hypervolume, {arms[0]} against {arms[1]}: {ratio}."]
+        median, per_seed = share_to_reach(
+            eff["curves"][arms[0]], eff["curves"][arms[1]], eff["times_s"]
+        )
+        lines.append(
+            f"The same front sooner: {arms[0]}'s median hypervolume reaches {arms[1]}'s final "
+            f"median at {_share(median)} of the wall time; seed by seed, each run reaches the "
+            f"same seed's final at {', '.join(_share(s) for s in per_seed)}."
+        )
     lines += ["", f"![hypervolume against wall time]({plot_name})", ""]
     ov = results["overhead"]
     lines += [
@@ -347,6 +356,10 @@ def plot_hypervolume(efficiency: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _share(share: float | None) -> str:
+    return "never" if share is None else f"{share:.2f}"
 
 
 def _params(params: dict[str, Any]) -> str:

@@ -13,7 +13,14 @@ import optuna
 import pytest
 
 from benchmarks.compare import ALPHA, agreement, chance_next_median_within, same_search_p
-from benchmarks.hypervolume import Box, box_of, curve, feasible_points, hypervolume
+from benchmarks.hypervolume import (
+    Box,
+    box_of,
+    curve,
+    feasible_points,
+    hypervolume,
+    share_to_reach,
+)
 from benchmarks.overhead import FINISHED, SCREENED, STOPPED, overhead
 from benchmarks.report import render_markdown, results_stem
 from benchmarks.roofline import Peaks, floor_of, onnx_bytes
@@ -93,6 +100,19 @@ def test_a_search_that_reaches_the_same_front_sooner_is_reported_so() -> None:
     assert lines[-1].startswith("median over 1 searches: the second took 0.50")
     # the other way round: the slow search never gets there within the fast one's time
     assert "hypervolume at equal time" in speed_lines({"s": fast}, {"s": slow})[-1]
+
+
+def test_how_soon_one_arm_reaches_where_the_other_ended() -> None:
+    """The same front sooner, as the efficiency part reports it: the median curve of the
+    first arm against the median final of the second, and seed by seed."""
+    times = [0, 100, 200, 300, 400]
+    ours = [[0, 0.1, 0.3, 0.3, 0.5], [0, 0.2, 0.2, 0.2, 0.2], [0, 0.0, 0.25, 0.3, 0.3]]
+    other = [[0, 0.1, 0.1, 0.2, 0.25], [0, 0.1, 0.3, 0.3, 0.4], [0, 0.1, 0.2, 0.2, 0.3]]
+    median, per_seed = share_to_reach(ours, other, times)
+    # median of ours: 0, 0.1, 0.25, 0.3, 0.3; the other's finals' median is 0.3
+    assert median == 0.75
+    assert per_seed == [0.5, None, 0.75]  # seed 1 never reaches 0.4
+    assert share_to_reach(other, ours, times) == (1.0, [None, 0.5, 1.0])
 
 
 def test_best_feasible_is_the_largest_speed_and_size_gain() -> None:
@@ -474,6 +494,7 @@ def test_the_markdown_names_the_command_and_the_ratio() -> None:
     text = render_markdown(_results(faster_student=1.5, hv_random=0.25), "plot.png")
     assert "`python -m benchmarks run`" in text
     assert "Median hypervolume, default against random: 2.00×" in text
+    assert "reaches random's final median at 1.00 of the wall time" in text
     assert (
         "| best at 0.5x, seed 0 (trial 3) (fp32) | 0.9900 (+0.00) | 1 / 1 (-0.56 to +0.56) "
         "| 0.3000 | 2.20 (2.15–2.25)" in text

@@ -159,6 +159,8 @@ def test_run_with_the_example_task_prints_the_front(tmp_path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Pareto front" in result.stdout
+    # successive halving is on by default; with one epoch it says it judges nobody
+    assert "a one-epoch fine-tune has no rung" in result.stdout
     assert result.stdout.count("lever width: not applicable") == 1  # a plain CNN: said once
     assert "Browse it: search ui (from this folder;" in result.stdout
     assert "mlflow ui" not in result.stdout  # mlflow is inside the venv, often not on PATH

@@ -19,6 +19,7 @@ from search.core.objective import RunLink, TrialObjective, TrialSettings
 from search.core.rungs import (
     Reading,
     RungRule,
+    describe,
     held_readings,
     judge,
     parse_rungs,
@@ -63,6 +64,23 @@ def test_rungs_are_judged_only_before_the_last_epoch() -> None:
     rule = RungRule(epochs=(2, 5))
     assert [e for e in range(1, 11) if rule.judges(e, 10)] == [2, 5]
     assert not RungRule(epochs=(2,)).judges(2, 2)  # the end of the schedule is no rung
+
+
+def test_the_start_of_a_search_says_where_candidates_are_judged_or_why_none_is() -> None:
+    assert describe(RungRule(epochs=(4,)), 10) == (
+        "stops hopeless fine-tunes after epoch 4 of 10 (--early-stop off: finish every one)"
+    )
+    assert "epochs 2, 5 of 10" in (describe(RungRule(epochs=(2, 5, 10)), 10) or "")
+    shadow = describe(RungRule(epochs=(4,), shadow=True), 10) or ""
+    assert "shadow" in shadow and "stops nothing" in shadow
+    # the default rung past a short schedule judges nobody: said, with what to do
+    short = describe(RungRule(epochs=(4,)), 3) or ""
+    assert "judges no candidate" in short and "--rungs 4" in short and "below 3" in short
+    assert describe(RungRule(epochs=(4,)), 1) == (
+        "successive halving judges no candidate: a one-epoch fine-tune has no rung"
+    )
+    assert describe(None, 10) is None  # off
+    assert describe(RungRule(), 0) is None  # nothing is fine-tuned
 
 
 def test_rungs_from_the_command_line_and_the_config_file() -> None:

@@ -266,6 +266,12 @@ def run(
         + (", accuracy rule confident" if search_config.accuracy_rule == "confident" else "")
         + (f", {search_config.workers} workers)" if search_config.workers > 1 else ")")
     )
+    from search.core.rungs import describe
+    from search.core.runner import rung_rule
+
+    halving = describe(rung_rule(search_config), search_config.finetune_epochs)
+    if halving is not None:
+        console.print(halving)
     with TrialProgress(console, total=search_config.trials) as progress:
         result = run_search(search_config, task=loaded, on_trial=progress)
     print_result(console, result, tracking_uri=search_config.tracking_uri)

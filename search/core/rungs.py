@@ -88,6 +88,38 @@ class RungRule:
         return epoch in self.epochs and epoch < total_epochs
 
 
+def describe(rule: RungRule | None, total_epochs: int) -> str | None:
+    """One line for the start of a search: where candidates are judged, or why none is.
+
+    A rung at or past the schedule's last epoch judges nobody (``--rungs 4`` with
+    ``--finetune-epochs 3``): said, rather than leaving the user to believe hopeless
+    fine-tunes are being stopped. None when the rule is off or nothing is fine-tuned.
+    """
+    if rule is None or total_epochs < 1:
+        return None
+    judged = [e for e in rule.epochs if rule.judges(e, total_epochs)]
+    if not judged and total_epochs == 1:
+        return "successive halving judges no candidate: a one-epoch fine-tune has no rung"
+    if not judged:
+        given = ",".join(str(e) for e in rule.epochs)
+        return (
+            f"successive halving judges no candidate: --rungs {given} is not before the "
+            f"last of {total_epochs} fine-tuning epochs (give --rungs below {total_epochs}, "
+            "or --early-stop off)"
+        )
+    at = ", ".join(str(e) for e in judged)
+    plural = "s" if len(judged) > 1 else ""
+    if rule.shadow:
+        return (
+            f"successive halving in shadow: records where it would stop after epoch{plural} "
+            f"{at} of {total_epochs}, stops nothing"
+        )
+    return (
+        f"stops hopeless fine-tunes after epoch{plural} {at} of {total_epochs} "
+        "(--early-stop off: finish every one)"
+    )
+
+
 @dataclass(frozen=True)
 class Reading:
     """One candidate's accuracy at a rung."""
