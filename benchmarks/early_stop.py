@@ -72,7 +72,9 @@ def render(searches: dict[str, Sequence[dict[str, Any]]], mode: str) -> list[str
             "a would-stop candidate that ended feasible is a false stop."
             if mode == "shadow"
             else ": candidates hopeless at a rung stopped there (seconds saved estimated "
-            "from the epochs they ran)."
+            "from the epochs they ran). What a stopped candidate would have ended at is not "
+            "known with the rule on, so its false stops are not either (–): `--early-stop "
+            "shadow` measures them."
         ),
         "",
         "| budget | seed | judged at a rung | stopped | would stop | false stops | fine-tune s "
@@ -85,11 +87,16 @@ def render(searches: dict[str, Sequence[dict[str, Any]]], mode: str) -> list[str
             if counts is None:
                 continue
             false = counts["false_stops"]
+            shadowed = (
+                f"{counts['would_stop']} | {len(false)}"
+                + (f" (trials {', '.join(map(str, false))})" if false else "")
+                if mode == "shadow"
+                else "– | –"
+            )
             lines.append(
                 f"| {budget} | {run['seed']} | {counts['judged']} | {counts['stopped']} "
-                f"| {counts['would_stop']} | {len(false)}"
-                + (f" (trials {', '.join(map(str, false))})" if false else "")
-                + f" | {counts['fine_tune_seconds']:.0f} | {counts['seconds_saved']:.0f} |"
+                f"| {shadowed} | {counts['fine_tune_seconds']:.0f} "
+                f"| {counts['seconds_saved']:.0f} |"
             )
     would = sum(r["rungs"]["would_stop"] for rs in searches.values() for r in rs if "rungs" in r)
     false = sum(

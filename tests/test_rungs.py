@@ -239,6 +239,9 @@ def test_the_benchmark_counts_false_stops_in_shadow_mode() -> None:
     table = "\n".join(render({"0.5x": [{"seed": 0, "rungs": counts}]}, "shadow"))
     assert "| 0.5x | 0 | 3 | 0 | 2 | 1 (trials 0) | 30 | 16 |" in table
     assert "False-stop rate: 1 of 2 (50%)." in table
+    # with the rule on nobody knows what a stopped candidate would have become: not "0"
+    live = "\n".join(render({"0.5x": [{"seed": 0, "rungs": counts}]}, "on"))
+    assert "| 0.5x | 0 | 3 | 0 | – | – | 30 | 16 |" in live and "False-stop rate" not in live
 
 
 def test_a_shadow_search_replayed_with_another_margin_scores_it_by_what_ended_feasible() -> None:
