@@ -15,19 +15,11 @@ from typing import Any
 
 import optuna
 
-from search.core.rungs import Reading, RungRule, judge
-from search.track.trials import (
-    DEPLOYED,
-    RUNG_ATTR,
-    STOPPED_ATTR,
-    WOULD_STOP_ATTR,
-    is_feasible,
-)
+from search.core.rungs import Reading, RungRule, judge, met_the_floor, never_stopped
+from search.track.trials import RUNG_ATTR, STOPPED_ATTR, WOULD_STOP_ATTR, is_feasible
 
 # the per-epoch curve the fine-tune logs to MLflow (search.core.objective)
 EAGER_CURVE = "finetune_val_accuracy_eager"
-# user attrs that mark a trial the rule never stops (the baseline and the references)
-_NEVER_STOPPED = ("baseline", "reference", "escalated_from")
 
 
 def rung_counts(study: optuna.Study, epochs: int) -> dict[str, Any]:
@@ -45,9 +37,7 @@ def rung_counts(study: optuna.Study, epochs: int) -> dict[str, Any]:
         # fine-tuning a stopped candidate did not spend, and a would-stop one would not have
         "seconds_saved": sum(_saved(t, STOPPED_ATTR, epochs) for t in stopped)
         + sum(_saved(t, WOULD_STOP_ATTR, epochs) for t in would),
-        "fine_tune_seconds": sum(
-            float((t.user_attrs.get("phase_seconds") or {}).get("fine_tune", 0.0)) for t in done
-        ),
+        "fine_tune_seconds": sum(_fine_tune(t) for t in done),
     }
 
 
@@ -55,7 +45,7 @@ def _saved(trial: optuna.trial.FrozenTrial, key: str, epochs: int) -> float:
     """The fine-tune seconds after the rung: for a stopped trial, what the epochs it ran
     took, scaled to the rest; for a would-stop one, the remaining share of what it took."""
     rung = int(trial.user_attrs[key])
-    spent = float((trial.user_attrs.get("phase_seconds") or {}).get("fine_tune", 0.0))
+    spent = _fine_tune(trial)
     if key == STOPPED_ATTR:
         return spent * (epochs - rung) / rung
     return spent * (epochs - rung) / epochs
@@ -171,7 +161,7 @@ def replay(
     for trial in done:
         readings = readings_of(trial)
         stopped_at = None
-        if not any(key in trial.user_attrs for key in _NEVER_STOPPED):
+        if not never_stopped(trial.user_attrs):
             for epoch in sorted(readings, key=int):
                 if not rule.judges(int(epoch), epochs):
                     continue
@@ -192,7 +182,7 @@ def replay(
             if is_feasible(trial):
                 false_stops.append(trial.number)
             saved += _fine_tune(trial) * (epochs - stopped_at) / epochs
-        elif trial.user_attrs.get("accuracy_kind") == DEPLOYED and _met_floor(trial):
+        elif met_the_floor(trial):
             for epoch, accuracy in readings.items():
                 held.setdefault(epoch, []).append(Reading(trial.number, accuracy))
     return Replay(
@@ -210,7 +200,3 @@ def replay(
 
 def _fine_tune(trial: optuna.trial.FrozenTrial) -> float:
     return float((trial.user_attrs.get("phase_seconds") or {}).get("fine_tune", 0.0))
-
-
-def _met_floor(trial: optuna.trial.FrozenTrial) -> bool:
-    return float(trial.user_attrs.get("below_accuracy_floor", 1.0)) <= 0

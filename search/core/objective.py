@@ -36,7 +36,7 @@ from torch import nn
 from search.common.errors import StudyError
 from search.core.escalation import escalate_reference
 from search.core.phases import PhaseClock
-from search.core.rungs import RungRule, held_readings, judge, peer_readings
+from search.core.rungs import RungRule, held_readings, judge, never_stopped, peer_readings
 from search.core.sensitivity import int8_drops
 from search.core.space import (
     apply_model_levers,
@@ -73,6 +73,7 @@ from search.track.trials import (
     BEFORE_FINE_TUNING,
     CONSTRAINT_KEY,
     DEPLOYED,
+    REFERENCE_TAGS,
     RUNG_ATTR,
     STOPPED_ATTR,
     WOULD_STOP_ATTR,
@@ -91,7 +92,6 @@ REFILL_CHECK_INPUTS = 8  # examples a refilled file must agree with the model on
 # many, and this many bytes of them (a large model keeps fewer)
 TEMPLATE_CACHE_SIZE, TEMPLATE_CACHE_BYTES = 16, 256 * 2**20
 INT8_SENSITIVITY_KEY = "int8_sensitivity"  # study user attr: layer -> int8 drop (points)
-REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
 UNFINISHED_VIOLATION = 1e-6  # accuracy constraint of a fine-tune stopped above the floor
 
 
@@ -713,7 +713,7 @@ class TrialObjective:
         trial.set_user_attr(RUNG_ATTR, readings)
         if not judged:
             return False
-        if any(k in trial.user_attrs for k in ("baseline", *REFERENCE_TAGS)):
+        if never_stopped(trial.user_attrs):
             return False
         others = trial.study.get_trials(deepcopy=False)
         peers = peer_readings(others, epoch, exclude=trial.number)

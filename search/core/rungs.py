@@ -39,7 +39,7 @@ from typing import Any
 import optuna
 
 from search.common.errors import ConfigError
-from search.track.trials import DEPLOYED, RUNG_ATTR
+from search.track.trials import DEPLOYED, REFERENCE_TAGS, RUNG_ATTR
 
 # When and how far: measured (2026-12-05, Zen 5, 0.5x, 40-trial searches in shadow mode, so
 # every candidate finished and a stop can be scored by how the candidate ended). Judged
@@ -174,13 +174,24 @@ def held_readings(trials: Iterable[Any], epoch: int) -> list[Reading]:
     """The readings at rung ``epoch`` of the trials that finished their fine-tune and met
     the accuracy floor: complete, deployed (not stopped), not below the floor."""
     finished = [
-        t
-        for t in trials
-        if t.state == optuna.trial.TrialState.COMPLETE
-        and t.user_attrs.get("accuracy_kind") == DEPLOYED
-        and float(t.user_attrs.get("below_accuracy_floor", 1.0)) <= 0
+        t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and met_the_floor(t)
     ]
     return _readings(finished, epoch)
+
+
+def met_the_floor(trial: Any) -> bool:
+    """A candidate that finished its fine-tune (its deployed file was read) within the
+    accuracy floor: the evidence a rung's bar is built from."""
+    return (
+        trial.user_attrs.get("accuracy_kind") == DEPLOYED
+        and float(trial.user_attrs.get("below_accuracy_floor", 1.0)) <= 0
+    )
+
+
+def never_stopped(user_attrs: Mapping[str, Any]) -> bool:
+    """The baseline and the reference trials finish whatever they read: they are the
+    first evidence, and the user asked for them."""
+    return any(key in user_attrs for key in ("baseline", *REFERENCE_TAGS))
 
 
 def _readings(trials: Iterable[Any], epoch: int) -> list[Reading]:

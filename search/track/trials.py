@@ -36,6 +36,7 @@ STOPPED_PREFIX = "stopped at epoch "
 RUNG_ATTR = "rung_accuracy"  # {"2": 0.91}: the eager validation reading after epoch 2
 STOPPED_ATTR = "stopped_at_epoch"  # the rung a trial's fine-tune stopped at
 WOULD_STOP_ATTR = "would_stop_at_epoch"  # shadow mode: the rung it would have stopped at
+REFERENCE_TAGS = ("reference", "escalated_from")  # user attrs of enqueued trials, as tags
 
 
 def stopped_kind(epoch: int) -> str:
