@@ -21,6 +21,7 @@ import sqlalchemy
 from search.common.errors import StudyError
 from search.core.config import SearchConfig, format_ms
 from search.core.levers import fixing_sampler
+from search.core.sampler import ParallelAwareTPESampler
 from search.measure.latency import COMPARABLE_FIELDS, hardware_fingerprint
 from search.track.trials import DIRECTIONS, OBJECTIVE_NAMES
 from search.track.urls import mask_password, redact_url
@@ -283,11 +284,12 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """The study's sampler by name (``SearchConfig.sampler``), seeded.
 
     TPE reads the constraints trials set (``trial.set_constraint``) and ranks infeasible
-    trials behind feasible ones; random search ignores everything it has seen.
+    trials behind feasible ones, counting other workers' running trials only while there
+    are some (``search.core.sampler``); random search ignores everything it has seen.
     """
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)
+    return ParallelAwareTPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)
 
 
 def _check_hardware(name: str, stored: Mapping[str, str] | None, here: Mapping[str, str]) -> None:
