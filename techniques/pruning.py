@@ -49,7 +49,7 @@ SCOPES = ("layer", "global")
 # Global pruning may empty a layer that ranks low everywhere; keep at least a fifth.
 MAX_LAYER_RATIO = 0.8
 # Taylor importance's gradients: the first training batches (64 images each on digits). 2
-# rather than 4 halved the pruning's cost (1.60 -> 0.87 s a model on a Zen 5 core), and on
+# rather than 4 halved the pruning's cost (1.60 -> 0.87 s a model on a 2-core Zen 4), and on
 # five ratio/scope settings the accuracy after the search's recovery fine-tune moved no more
 # than taking 4 batches of other images did (worst test change -0.28 points against -0.83);
 # 1 batch lost 1.67 test points at ratio 0.5, global
