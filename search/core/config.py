@@ -266,8 +266,8 @@ class SearchConfig:
 
     @property
     def cache_dir(self) -> Path:
-        """Trained baselines and models' int8 sensitivities, keyed by hashes of what they
-        depend on; safe to delete."""
+        """Trained baselines, models' int8 sensitivities and exported graphs to refill,
+        keyed by hashes of what they depend on; safe to delete."""
         return self.studies_dir / "cache"
 
     @property

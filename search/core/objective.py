@@ -56,16 +56,12 @@ from search.measure.latency import (
     measure_candidate,
     measurement_lock,
 )
-from search.measure.onnx_runtime import compact_names
-from search.measure.refill import (
-    Template,
-    disagreement,
-    make_template,
-    refill,
-    topology_key,
-)
+from search.measure.onnx_runtime import OPSET, compact_names
+from search.measure.refill import Template, disagreement, refill, topology_key
 from search.measure.runtimes import ONNXRUNTIME, export, formats, graph_signature
 from search.measure.runtimes import predict as predict_file
+from search.measure.template_store import FOLDER as TEMPLATE_FOLDER
+from search.measure.template_store import Templates, TemplateStore
 from search.track.curve import BufferedCurve
 from search.track.tracker import STUDY_TAG, TRIAL_TAG, Tracker
 from search.track.trials import (
@@ -88,9 +84,8 @@ from techniques.quantization import float_layers
 
 MODEL_CACHE_SIZE = 4
 REFILL_CHECK_INPUTS = 8  # examples a refilled file must agree with the model on
-# exported graphs kept for refilling, by topology (search.measure.refill): at most this
-# many, and this many bytes of them (a large model keeps fewer)
-TEMPLATE_CACHE_SIZE, TEMPLATE_CACHE_BYTES = 16, 256 * 2**20
+# how a draft's float file came from a graph another process or study exported
+REFILLED_FROM_DISK = "refilled from the disk cache"
 INT8_SENSITIVITY_KEY = "int8_sensitivity"  # study user attr: layer -> int8 drop (points)
 UNFINISHED_VIOLATION = 1e-6  # accuracy constraint of a fine-tune stopped above the floor
 
@@ -141,7 +136,9 @@ class Deployed:
     """A file made by ``_deploy`` and how its float file came to be."""
 
     artifact: Artifact
-    how: str  # "exported", or "refilled" from a graph already exported (search.measure.refill)
+    # "exported", or "refilled" from a graph already exported (search.measure.refill), by
+    # this process or (REFILLED_FROM_DISK) another
+    how: str
 
 
 @dataclass(frozen=True)
@@ -210,7 +207,10 @@ class TrialObjective:
         self._models: OrderedDict[str, tuple[int, nn.Module]] = OrderedDict()
         self._macs: dict[str, tuple[int, int]] = {}  # layers and shapes -> MACs, params
         # topology -> an exported graph to refill, or why there is none; see _deploy
-        self._templates: OrderedDict[str, Template | str] = OrderedDict()
+        self._templates = Templates(
+            TemplateStore(settings.cache_dir / TEMPLATE_FOLDER) if settings.cache_dir else None,
+            OPSET,
+        )
         self._clock = PhaseClock()  # this trial's phases; a new one per trial
         self.last_model: nn.Module | None = None  # the model the last trial deployed
         self._sensitivity: dict[str, float] | None = None  # layer -> int8 drop, points
@@ -359,8 +359,9 @@ class TrialObjective:
         """Export ``model`` and apply the artifact levers: the file that would ship.
 
         The float ONNX file is refilled rather than exported where a graph of the same
-        topology was exported before in this run (the draft, for its fine-tuned final;
-        another width or weights of one network, for a draft) and ONNX Runtime then
+        topology was exported before (the draft, for its fine-tuned final; another width or
+        weights of one network, for a draft), in this process or, through the disk cache
+        (``search.measure.template_store``), another study's, and ONNX Runtime then
         computes what ``model`` computes; every export leaves its graph for the next.
         """
         example = self.task.example_inputs(1)
@@ -372,36 +373,22 @@ class TrialObjective:
             path = ctx.workdir / kind / "model"
             onnx_file = self.settings.runtime == ONNXRUNTIME
             topology = topology_key(model) if onnx_file else ""
-            artifact, how = self._refilled(self._templates.get(topology), model, path)
+            template, from_disk = (
+                self._templates.find(topology, example) if onnx_file else (None, False)
+            )
+            artifact, how = self._refilled(template, model, path)
+            if artifact is not None and from_disk:
+                how = REFILLED_FROM_DISK
             if artifact is None:
                 artifact = export(self.settings.runtime, model, example, path)
                 if onnx_file:
-                    self._keep_template(topology, model, artifact, example)
+                    self._templates.keep(topology, model, artifact.path.read_bytes(), example)
         with self._clock.phase("convert"):
             for name, technique in artifact_techniques():
                 if plan[name] is not None:
                     artifact = technique.apply(artifact, plan[name], ctx)
         with self._clock.phase("export"):
             return Deployed(compact_names(artifact), how)
-
-    def _keep_template(
-        self, topology: str, model: nn.Module, artifact: Artifact, example: torch.Tensor
-    ) -> None:
-        """The just-exported graph of ``model`` as the template of its topology, or why it
-        cannot be one (then files of that topology are exported without trying)."""
-        template, why = make_template(model, artifact.path.read_bytes(), example)
-        self._templates[topology] = template if template is not None else why
-        self._templates.move_to_end(topology)
-
-        def held() -> int:
-            return sum(
-                len(t.model_bytes) for t in self._templates.values() if isinstance(t, Template)
-            )
-
-        while len(self._templates) > TEMPLATE_CACHE_SIZE or (
-            len(self._templates) > 1 and held() > TEMPLATE_CACHE_BYTES
-        ):
-            self._templates.popitem(last=False)
 
     def _refilled(
         self, template: Template | str | None, model: nn.Module, path: Path
