@@ -115,17 +115,17 @@ def test_templates_come_from_memory_first_then_from_the_disk(tmp_path) -> None:
     model = _trained_like(ZooNet(), 0)
     exported = export_onnx(model, example, tmp_path / "exported.onnx")
     topology = topology_key(model)
-    first = Templates(TemplateStore(tmp_path / "store"), OPSET)
+    first = Templates(TemplateStore(tmp_path / "store"))
     assert first.find(topology, example) == (None, False)
     first.keep(topology, model, exported.path.read_bytes(), example)
     held, from_disk = first.find(topology, example)
     assert held is not None and not from_disk
 
-    later = Templates(TemplateStore(tmp_path / "store"), OPSET)  # another process
+    later = Templates(TemplateStore(tmp_path / "store"))  # another process
     stored, from_disk = later.find(topology, example)
     assert stored == held and from_disk
     assert later.find(topology, example) == (stored, False)  # held in memory since
-    assert Templates(None, OPSET).find(topology, example) == (None, False)
+    assert Templates(None).find(topology, example) == (None, False)
 
 
 def test_a_second_search_of_the_model_refills_the_graphs_the_first_exported(

@@ -56,7 +56,7 @@ from search.measure.latency import (
     measure_candidate,
     measurement_lock,
 )
-from search.measure.onnx_runtime import OPSET, compact_names
+from search.measure.onnx_runtime import compact_names
 from search.measure.refill import Template, disagreement, refill, topology_key
 from search.measure.runtimes import ONNXRUNTIME, export, formats, graph_signature
 from search.measure.runtimes import predict as predict_file
@@ -208,8 +208,7 @@ class TrialObjective:
         self._macs: dict[str, tuple[int, int]] = {}  # layers and shapes -> MACs, params
         # topology -> an exported graph to refill, or why there is none; see _deploy
         self._templates = Templates(
-            TemplateStore(settings.cache_dir / TEMPLATE_FOLDER) if settings.cache_dir else None,
-            OPSET,
+            TemplateStore(settings.cache_dir / TEMPLATE_FOLDER) if settings.cache_dir else None
         )
         self._clock = PhaseClock()  # this trial's phases; a new one per trial
         self.last_model: nn.Module | None = None  # the model the last trial deployed

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from search.measure.onnx_runtime import OPSET
 from search.measure.refill import Template, make_template
 
 # Entries written by another layout of this file are not read: bump when it changes.
@@ -122,15 +123,9 @@ class Templates:
     """
 
     def __init__(
-        self,
-        store: TemplateStore | None,
-        opset: int,
-        *,
-        size: int = 16,
-        max_bytes: int = 256 * 2**20,
+        self, store: TemplateStore | None, *, size: int = 16, max_bytes: int = 256 * 2**20
     ) -> None:
         self.store = store
-        self.opset = opset
         self.size = size
         self.max_bytes = max_bytes
         self._held: OrderedDict[str, Template | str] = OrderedDict()
@@ -143,7 +138,7 @@ class Templates:
         held = self._held.get(topology)
         if held is not None or self.store is None:
             return held, False
-        stored = self.store.load(template_key(topology, example_inputs, self.opset))
+        stored = self.store.load(template_key(topology, example_inputs, OPSET))
         if stored is None:
             return None, False
         self._hold(topology, stored)
@@ -157,7 +152,7 @@ class Templates:
         template, why = make_template(model, onnx_bytes, example_inputs)
         self._hold(topology, template if template is not None else why)
         if template is not None and self.store is not None:
-            self.store.save(template_key(topology, example_inputs, self.opset), template)
+            self.store.save(template_key(topology, example_inputs, OPSET), template)
 
     def _hold(self, topology: str, entry: Template | str) -> None:
         self._held[topology] = entry
