@@ -3,6 +3,8 @@
 python -m benchmarks run [--quick] [--device cpu|cuda] [--budgets 0.5 0.25] [--seeds 0 1 2] ...
 python -m benchmarks compare benchmarks/results/A.json benchmarks/results/B.json
 python -m benchmarks serve-load [--model FILE.onnx] [--requests 400] [--clients 1 8 32]
+python -m benchmarks replay-rungs --storage URL [--margins 0.02 0.05] [--rungs 4]
+python -m benchmarks rung-ceiling --storage URL --study efficiency-1-seed0 ... [--rungs 1 2 3 4]
 """
 
 from __future__ import annotations
@@ -95,6 +97,17 @@ def command_line() -> argparse.ArgumentParser:
         "before 2026-12-05, which recorded their rung epochs only)",
     )
     again.add_argument("--epochs", type=int, default=10, help="the fine-tunes' length")
+    bound = commands.add_parser(
+        "rung-ceiling",
+        help="how soon an oracle stopping every below-floor fine-tune at a rung would have "
+        "reached each rule-off search's front, and the default rule replayed",
+    )
+    bound.add_argument("--storage", required=True, help="the searches' Optuna storage URL")
+    bound.add_argument("--study", nargs="*", help="rule-off studies (default: every study)")
+    bound.add_argument("--rungs", type=int, nargs="+", default=[1, 2, 3, 4])
+    bound.add_argument("--arm-seconds", type=float, default=600.0, help="each search's wall time")
+    bound.add_argument("--epochs", type=int, default=10, help="the fine-tunes' length")
+    bound.add_argument("--tracking-uri", help="read every epoch's reading from the MLflow curves")
     load = commands.add_parser("serve-load", help="search serve with batching off and on")
     load.add_argument("--model", type=Path, help="ONNX file (default: the digits baseline)")
     load.add_argument("--requests", type=int, default=400, help="requests per setting")
@@ -109,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve_load(args)
     if args.command == "replay-rungs":
         return _replay_rungs(args)
+    if args.command == "rung-ceiling":
+        return _rung_ceiling(args)
     if args.command == "compare":
         from benchmarks.compare import agreement
 
@@ -159,6 +174,43 @@ def _replay_rungs(args: argparse.Namespace) -> int:
             + (f" ({100 * false / stops:.0f}%)" if stops else "")
             + f", {saved:.0f} s of fine-tuning saved ({100 * saved / wall:.0f}% of {wall:.0f} s)"
         )
+    return 0
+
+
+def _rung_ceiling(args: argparse.Namespace) -> int:
+    """One line per rule-off search and a median: the oracle's shares and the rule's."""
+    import optuna
+
+    from benchmarks.early_stop import curve_readings, recorded_readings
+    from benchmarks.rung_ceiling import ceiling, render
+    from search.common.errors import ConfigError
+    from search.core.rungs import RungRule
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if not args.arm_seconds > 0:
+            raise ConfigError(f"--arm-seconds {args.arm_seconds:g} must be above 0")
+        names = args.study or optuna.get_all_study_names(args.storage)
+        if not names:
+            raise ConfigError(f"--storage {args.storage}: no study in it")
+        studies = [optuna.load_study(study_name=n, storage=args.storage) for n in names]
+        readings = curve_readings(args.tracking_uri) if args.tracking_uri else recorded_readings
+        found = [
+            ceiling(
+                study,
+                epochs=args.epochs,
+                rungs=args.rungs,
+                arm_seconds=args.arm_seconds,
+                rule=RungRule(),
+                readings_of=readings,
+            )
+            for study in studies
+        ]
+    except Exception as error:  # bad input (a URL, a study name, one without a baseline)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"python -m benchmarks rung-ceiling: error: {reason}", file=sys.stderr)
+        return 2
+    print("\n".join(render([c for c in found if c is not None])))
     return 0
 
 

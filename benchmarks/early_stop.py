@@ -10,7 +10,7 @@ their fine-tunes did not spend is estimated the same way (the schedule's remaini
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -37,7 +37,7 @@ def rung_counts(study: optuna.Study, epochs: int) -> dict[str, Any]:
         # fine-tuning a stopped candidate did not spend, and a would-stop one would not have
         "seconds_saved": sum(_saved(t, STOPPED_ATTR, epochs) for t in stopped)
         + sum(_saved(t, WOULD_STOP_ATTR, epochs) for t in would),
-        "fine_tune_seconds": sum(_fine_tune(t) for t in done),
+        "fine_tune_seconds": sum(fine_tuned_for(t) for t in done),
     }
 
 
@@ -45,7 +45,7 @@ def _saved(trial: optuna.trial.FrozenTrial, key: str, epochs: int) -> float:
     """The fine-tune seconds after the rung: for a stopped trial, what the epochs it ran
     took, scaled to the rest; for a would-stop one, the remaining share of what it took."""
     rung = int(trial.user_attrs[key])
-    spent = _fine_tune(trial)
+    spent = fine_tuned_for(trial)
     if key == STOPPED_ATTR:
         return spent * (epochs - rung) / rung
     return spent * (epochs - rung) / epochs
@@ -106,6 +106,7 @@ class Replay:
     seconds_saved: float  # their fine-tuning after the rung
     fine_tune_seconds: float
     trial_seconds: float  # the search's summed trial wall time
+    stopped_at: dict[int, int] = field(default_factory=dict)  # trial number -> its rung
 
 
 Readings = Callable[[optuna.trial.FrozenTrial], dict[str, float]]
@@ -158,6 +159,7 @@ def replay(
     held: dict[str, list[Reading]] = {}
     peers: dict[str, list[float]] = {}
     stops, false_stops, saved = 0, [], 0.0
+    stopped: dict[int, int] = {}
     for trial in done:
         readings = readings_of(trial)
         stopped_at = None
@@ -179,17 +181,19 @@ def replay(
                 peers.setdefault(epoch, []).append(accuracy)
         if stopped_at is not None:
             stops += 1
+            stopped[trial.number] = stopped_at
             if is_feasible(trial):
                 false_stops.append(trial.number)
-            saved += _fine_tune(trial) * (epochs - stopped_at) / epochs
+            saved += fine_tuned_for(trial) * (epochs - stopped_at) / epochs
         elif met_the_floor(trial):
             for epoch, accuracy in readings.items():
                 held.setdefault(epoch, []).append(Reading(trial.number, accuracy))
     return Replay(
         stops=stops,
+        stopped_at=stopped,
         false_stops=false_stops,
         seconds_saved=saved,
-        fine_tune_seconds=sum(_fine_tune(t) for t in done),
+        fine_tune_seconds=sum(fine_tuned_for(t) for t in done),
         trial_seconds=sum(
             (t.datetime_complete - t.datetime_start).total_seconds()
             for t in done
@@ -198,5 +202,6 @@ def replay(
     )
 
 
-def _fine_tune(trial: optuna.trial.FrozenTrial) -> float:
+def fine_tuned_for(trial: optuna.trial.FrozenTrial) -> float:
+    """The seconds a trial spent fine-tuning (0 when it did not)."""
     return float((trial.user_attrs.get("phase_seconds") or {}).get("fine_tune", 0.0))
