@@ -4,7 +4,7 @@ python -m benchmarks run [--quick] [--device cpu|cuda] [--budgets 0.5 0.25] [--s
 python -m benchmarks compare benchmarks/results/A.json benchmarks/results/B.json
 python -m benchmarks serve-load [--model FILE.onnx] [--requests 400] [--clients 1 8 32]
 python -m benchmarks replay-rungs --storage URL [--margins 0.02 0.05] [--rungs 4]
-python -m benchmarks rung-ceiling --storage URL --study efficiency-1-seed0 ... [--rungs 1 2 3 4]
+python -m benchmarks rung-ceiling --storage URL --study efficiency-1-seed0 ... --tracking-uri URL
 """
 
 from __future__ import annotations
@@ -103,11 +103,20 @@ def command_line() -> argparse.ArgumentParser:
         "reached each rule-off search's front, and the default rule replayed",
     )
     bound.add_argument("--storage", required=True, help="the searches' Optuna storage URL")
-    bound.add_argument("--study", nargs="*", help="rule-off studies (default: every study)")
+    bound.add_argument(
+        "--study",
+        nargs="+",
+        required=True,
+        help="the rule-off searches (a benchmark's store also holds the rule-on arms)",
+    )
+    bound.add_argument(
+        "--tracking-uri",
+        required=True,
+        help="their MLflow store: every epoch's reading, which a rule-off search keeps there",
+    )
     bound.add_argument("--rungs", type=int, nargs="+", default=[1, 2, 3, 4])
     bound.add_argument("--arm-seconds", type=float, default=600.0, help="each search's wall time")
     bound.add_argument("--epochs", type=int, default=10, help="the fine-tunes' length")
-    bound.add_argument("--tracking-uri", help="read every epoch's reading from the MLflow curves")
     load = commands.add_parser("serve-load", help="search serve with batching off and on")
     load.add_argument("--model", type=Path, help="ONNX file (default: the digits baseline)")
     load.add_argument("--requests", type=int, default=400, help="requests per setting")
@@ -181,35 +190,48 @@ def _rung_ceiling(args: argparse.Namespace) -> int:
     """One line per rule-off search and a median: the oracle's shares and the rule's."""
     import optuna
 
-    from benchmarks.early_stop import curve_readings, recorded_readings
+    from benchmarks.early_stop import curve_readings, fine_tuned_for
     from benchmarks.rung_ceiling import ceiling, render
     from search.common.errors import ConfigError
     from search.core.rungs import RungRule
+    from search.track.urls import check_tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
+        if args.epochs < 2:
+            raise ConfigError(f"--epochs {args.epochs}: a fine-tune needs 2 epochs for a rung")
+        if any(not 0 < rung < args.epochs for rung in args.rungs):
+            raise ConfigError(f"--rungs {args.rungs}: give epochs from 1 to {args.epochs - 1}")
         if not args.arm_seconds > 0:
             raise ConfigError(f"--arm-seconds {args.arm_seconds:g} must be above 0")
-        names = args.study or optuna.get_all_study_names(args.storage)
-        if not names:
-            raise ConfigError(f"--storage {args.storage}: no study in it")
-        studies = [optuna.load_study(study_name=n, storage=args.storage) for n in names]
-        readings = curve_readings(args.tracking_uri) if args.tracking_uri else recorded_readings
-        found = [
-            ceiling(
-                study,
-                epochs=args.epochs,
-                rungs=args.rungs,
-                arm_seconds=args.arm_seconds,
-                rule=RungRule(),
-                readings_of=readings,
-            )
-            for study in studies
-        ]
-    except Exception as error:  # bad input (a URL, a study name, one without a baseline)
+        studies = [optuna.load_study(study_name=n, storage=args.storage) for n in args.study]
+        check_tracking_uri(args.tracking_uri)
+        kept = args.tracking_uri.removeprefix("sqlite:///")
+        if kept != args.tracking_uri and not Path(kept).is_file():
+            raise ConfigError(f"--tracking-uri {args.tracking_uri}: no such file to read")
+        readings = curve_readings(args.tracking_uri)
+        for study in studies:  # a store without this search's curves: said, not replayed
+            tuned = [t for t in study.get_trials(deepcopy=False) if fine_tuned_for(t) > 0]
+            if tuned and not any(readings(t) for t in tuned):
+                raise ConfigError(
+                    f"--tracking-uri {args.tracking_uri}: no epoch readings of study "
+                    f"{study.study_name!r} there (is it this storage's MLflow store?)"
+                )
+    except Exception as error:  # bad input (a URL, a study name, a number): one line
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"python -m benchmarks rung-ceiling: error: {reason}", file=sys.stderr)
         return 2
+    found = [
+        ceiling(
+            study,
+            epochs=args.epochs,
+            rungs=sorted(set(args.rungs)),
+            arm_seconds=args.arm_seconds,
+            rule=RungRule(),
+            readings_of=readings,
+        )
+        for study in studies
+    ]
     print("\n".join(render([c for c in found if c is not None])))
     return 0
 

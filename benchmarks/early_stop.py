@@ -10,7 +10,7 @@ their fine-tunes did not spend is estimated the same way (the schedule's remaini
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -99,14 +99,15 @@ def render(searches: dict[str, Sequence[dict[str, Any]]], mode: str) -> list[str
 
 @dataclass(frozen=True)
 class Replay:
-    """What ``rule`` would have done to one shadow search, whose candidates all finished."""
+    """What ``rule`` would have done to one search whose candidates all finished (a shadow
+    search, or a rule-off one read with its MLflow curves)."""
 
     stops: int
     false_stops: list[int]  # trials it would have stopped that ended feasible
     seconds_saved: float  # their fine-tuning after the rung
     fine_tune_seconds: float
     trial_seconds: float  # the search's summed trial wall time
-    stopped_at: dict[int, int] = field(default_factory=dict)  # trial number -> its rung
+    stopped_at: dict[int, int]  # trial number -> the rung it would have stopped at
 
 
 Readings = Callable[[optuna.trial.FrozenTrial], dict[str, float]]

@@ -195,7 +195,7 @@ def test_a_config_file_drives_run_and_a_bad_one_is_one_line(tmp_path) -> None:
         "latency-budget, device, runtime, task, trials, timeout, study, storage, tracking-uri, "
         "seed, threads, workers, max-failures, heartbeat, batch-size, objective, finetune-epochs, "
         "max-accuracy-drop, accuracy-rule, latency-first, early-stop, rungs, rung-margin, "
-        "latency-anchor, sampler, references, allow-mixed-hardware, "
+        "rung-keep-fraction, latency-anchor, sampler, references, allow-mixed-hardware, "
         "use-sensitivity, sensitivity-tolerance"
     ]
 

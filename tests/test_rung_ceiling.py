@@ -7,11 +7,13 @@ from datetime import datetime, timedelta
 import optuna
 import pytest
 
+from benchmarks.early_stop import recorded_readings
 from benchmarks.rung_ceiling import ceiling, render
 from search.core.rungs import RungRule
 from search.track.trials import DEPLOYED, RUNG_ATTR
 
 START = datetime(2026, 12, 6)
+RULE = RungRule()  # the default: epoch 4, margin 0.05, the top third
 SECONDS = 10.0  # every trial takes this long, one after another
 
 
@@ -63,7 +65,9 @@ def test_the_oracle_saves_the_fine_tuning_of_every_hopeless_candidate_before_the
         _trial(5, (0.3, 0.3, 0.5), feasible=False, reading=0.1, fine_tune=8, below_floor=0.68),
         _trial(6, (0.984, 0.45, 0.9), feasible=True, reading=0.88, fine_tune=8),  # dominated
     ])  # fmt: skip
-    found = ceiling(study, epochs=10, rungs=[1, 4, 10], arm_seconds=100.0, rule=RungRule())
+    found = ceiling(
+        study, epochs=10, rungs=[1, 4], arm_seconds=100.0, rule=RULE, readings_of=recorded_readings
+    )
     assert found is not None
     assert found.front_seconds == pytest.approx(50.0) and found.share == pytest.approx(0.5)
     assert found.oracle_share == pytest.approx({1: (50 - 8 * 0.9) / 100, 4: (50 - 8 * 0.6) / 100})
@@ -84,7 +88,9 @@ def test_without_evidence_the_rule_saves_nothing_the_oracle_still_does() -> None
         _trial(1, (0.5, 0.3, 0.5), feasible=False, reading=0.2, fine_tune=10, below_floor=0.48),
         _trial(2, (0.99, 0.25, 0.5), feasible=True, reading=0.92, fine_tune=8),
     ])  # fmt: skip
-    found = ceiling(study, epochs=10, rungs=[4], arm_seconds=60.0, rule=RungRule())
+    found = ceiling(
+        study, epochs=10, rungs=[4], arm_seconds=60.0, rule=RULE, readings_of=recorded_readings
+    )
     assert found is not None
     assert found.rule_share == pytest.approx(0.5)
     assert found.oracle_share[4] == pytest.approx((30 - 6) / 60)
@@ -99,13 +105,36 @@ def test_a_search_that_found_nothing_feasible_has_no_front_to_reach() -> None:
     assert render([]) == ["no search found anything feasible: no front to reach"]
 
 
+def test_a_rule_that_stops_a_candidate_which_ended_feasible_gets_no_share() -> None:
+    """With that candidate stopped, the front reached is another one: no share is claimed,
+    and the line says which trial it was."""
+    study = _study([
+        _trial(0, (0.99, 1.0, 1.0), feasible=False, tags=("baseline",)),
+        _trial(1, (0.985, 0.4, 0.8), feasible=True, reading=0.9, fine_tune=8),
+        _trial(2, (0.99, 0.25, 0.5), feasible=True, reading=0.3, fine_tune=8),  # a slow starter
+    ])  # fmt: skip
+    found = ceiling(
+        study, epochs=10, rungs=[4], arm_seconds=60.0, rule=RULE, readings_of=recorded_readings
+    )
+    assert found is not None and found.rule_share is None and found.rule_false_stops == (2,)
+    assert found.oracle_share[4] == pytest.approx(0.5)  # nothing below the floor to stop
+    assert render([found])[0].endswith("the rule replayed stops trial(s) 2, which ended feasible")
+
+
 def test_rung_ceiling_says_bad_input_in_one_line(tmp_path, capsys) -> None:
     from benchmarks.__main__ import main
 
-    assert main(["rung-ceiling", "--storage", f"sqlite:///{tmp_path}/empty.db"]) == 2
+    storage = f"sqlite:///{tmp_path}/o.db"
+    optuna.create_study(storage=storage, study_name="s")
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    given = ["rung-ceiling", "--storage", storage, "--study", "s", "--tracking-uri", tracking]
+    assert main([*given, "--arm-seconds", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--arm-seconds 0 must be above 0")
+    assert main([*given, "--rungs", "10"]) == 2
+    assert "--rungs [10]: give epochs from 1 to 9" in capsys.readouterr().err
+    assert main(given) == 2  # no MLflow store there: said, not created
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no such file to read" in error
+    assert not (tmp_path / "mlflow.db").exists()
+    assert main([*given[:4], "nope", *given[5:]]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", study_name="s")
-    assert main(["rung-ceiling", "--storage", f"sqlite:///{tmp_path}/o.db", "--study", "s",
-                 "--arm-seconds", "0"]) == 2  # fmt: skip
-    assert "--arm-seconds 0 must be above 0" in capsys.readouterr().err
-    del study

@@ -98,6 +98,23 @@ def test_rungs_from_the_command_line_and_the_config_file() -> None:
         SearchConfig(rung_margin=1.5)
 
 
+def test_the_keep_fraction_from_the_command_line_and_the_config_file_reaches_the_rule() -> None:
+    """ASHA's share is an option like the rung and the margin (the issue's "rungs and
+    fraction are options"): what the user gives is what judges."""
+    from search.core.runner import rung_rule
+
+    assert rung_rule(SearchConfig()).keep_fraction == pytest.approx(1 / 3)
+    given = {"latency-budget": "0.5x", "rung-keep-fraction": 0}
+    config = search_config_from(given, ConfigFile(), LeverSettings(), home=Path.cwd())
+    rule = rung_rule(config)
+    assert rule is not None and rule.keep_fraction == 0
+    # with no top share, a candidate below the bar stops even when it leads its peers
+    assert judge(rule, accuracy=0.2, held=HELD, peers=[0.1, 0.15]).stop
+    assert not judge(RULE, accuracy=0.2, held=HELD, peers=[0.1, 0.15]).stop
+    with pytest.raises(ConfigError, match="--rung-keep-fraction 1 must be from 0 to below 1"):
+        SearchConfig(rung_keep_fraction=1.0)
+
+
 def _objective(tmp_path: Path, tiny_task, rule: RungRule) -> tuple[TrialObjective, str]:
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "art")
     experiment = tracker.experiment_id("rungs")

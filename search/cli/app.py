@@ -156,6 +156,13 @@ def run(
             "that met the floor and still go on (default 0.05: five points).",
         ),
     ] = None,
+    rung_keep_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the candidates at a rung that go on by rank whatever they read "
+            "(ASHA's 1/eta; default 0.33, a third; 0: the margin alone decides).",
+        ),
+    ] = None,
     latency_anchor: Annotated[
         bool | None,
         typer.Option(
@@ -223,6 +230,7 @@ def run(
         "early-stop": early_stop,
         "rungs": rungs,
         "rung-margin": rung_margin,
+        "rung-keep-fraction": rung_keep_fraction,
         "latency-anchor": latency_anchor,
         "sampler": sampler,
         "references": references,

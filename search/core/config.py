@@ -9,6 +9,7 @@ from pathlib import Path
 from search.common.errors import ConfigError
 from search.core.levers import LeverSettings
 from search.core.rungs import DEFAULT_EPOCHS as DEFAULT_RUNG_EPOCHS
+from search.core.rungs import DEFAULT_KEEP_FRACTION as DEFAULT_RUNG_KEEP_FRACTION
 from search.core.rungs import DEFAULT_MARGIN as DEFAULT_RUNG_MARGIN
 from search.track.trials import ACCURACY_RULES
 
@@ -115,6 +116,8 @@ class SearchConfig:
         rungs: the epochs (from 1) after which a fine-tuning candidate is judged.
         rung_margin: how far a candidate may read at a rung below the lowest reading there
             of a finished candidate that met the floor, and still go on (metric's units).
+        rung_keep_fraction: ASHA's 1/eta: the share of the candidates at a rung that go on
+            by rank, whatever they read (0: the bar alone decides).
         latency_anchor: time each candidate in turn with the baseline's file and scale
             its figures by their ratio (``search.measure.latency.measure_anchored``), so a shared
             machine's slow phases cancel; off, each candidate is timed alone.
@@ -171,6 +174,7 @@ class SearchConfig:
     # After four of the ten epochs, five points of allowance: as measured (search.core.rungs).
     rungs: tuple[int, ...] = DEFAULT_RUNG_EPOCHS
     rung_margin: float = DEFAULT_RUNG_MARGIN
+    rung_keep_fraction: float = DEFAULT_RUNG_KEEP_FRACTION
     latency_anchor: bool = True
     anchor_p50_ms: float | None = None
     sampler: str = "tpe"
@@ -235,6 +239,11 @@ class SearchConfig:
             raise ConfigError(
                 f"--rung-margin {self.rung_margin:g} must be from 0 to below 1 (the metric's "
                 "units: 0.05 is five points of accuracy)"
+            )
+        if not 0 <= self.rung_keep_fraction < 1:
+            raise ConfigError(
+                f"--rung-keep-fraction {self.rung_keep_fraction:g} must be from 0 to below 1 "
+                "(the share of the candidates at a rung that go on by rank: 0.33 keeps a third)"
             )
         if self.accuracy_rule not in ACCURACY_RULES:
             raise ConfigError(

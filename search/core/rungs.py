@@ -53,6 +53,10 @@ from search.track.trials import DEPLOYED, REFERENCE_TAGS, RUNG_ATTR
 # searched after the choice, as a holdout: 11 stops, none false).
 DEFAULT_EPOCHS = (4,)
 DEFAULT_MARGIN = 0.05
+# ASHA's 1/eta with eta = 3, the value Li et al. and Optuna's SuccessiveHalvingPruner
+# (reduction_factor=4: 1/4) are near; it only matters below the bar, where the readings of
+# candidates that went on to make the floor already say "hopeless".
+DEFAULT_KEEP_FRACTION = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class RungRule:
 
     epochs: tuple[int, ...] = DEFAULT_EPOCHS
     margin: float = DEFAULT_MARGIN
-    keep_fraction: float = 1 / 3
+    keep_fraction: float = DEFAULT_KEEP_FRACTION
     shadow: bool = False
 
     def __post_init__(self) -> None:
@@ -81,7 +85,9 @@ class RungRule:
         if not 0 <= self.margin < 1:
             raise ConfigError(f"--rung-margin {self.margin:g} must be from 0 to below 1")
         if not 0 <= self.keep_fraction < 1:
-            raise ConfigError(f"rung keep fraction {self.keep_fraction:g} must be from 0 to 1")
+            raise ConfigError(
+                f"--rung-keep-fraction {self.keep_fraction:g} must be from 0 to below 1"
+            )
 
     def judges(self, epoch: int, total_epochs: int) -> bool:
         """Whether the candidate is judged after ``epoch`` (from 1) of ``total_epochs``."""

@@ -284,7 +284,10 @@ def rung_rule(config: SearchConfig) -> RungRule | None:
     if config.early_stop == "off":
         return None
     return RungRule(
-        epochs=config.rungs, margin=config.rung_margin, shadow=config.early_stop == "shadow"
+        epochs=config.rungs,
+        margin=config.rung_margin,
+        keep_fraction=config.rung_keep_fraction,
+        shadow=config.early_stop == "shadow",
     )
 
 
