@@ -53,9 +53,9 @@ from search.track.trials import DEPLOYED, REFERENCE_TAGS, RUNG_ATTR
 # searched after the choice, as a holdout: 11 stops, none false).
 DEFAULT_EPOCHS = (4,)
 DEFAULT_MARGIN = 0.05
-# ASHA's 1/eta with eta = 3, the value Li et al. and Optuna's SuccessiveHalvingPruner
-# (reduction_factor=4: 1/4) are near; it only matters below the bar, where the readings of
-# candidates that went on to make the floor already say "hopeless".
+# ASHA's 1/eta with eta = 3, Hyperband's default (Li et al. 2018; Optuna's
+# SuccessiveHalvingPruner defaults to 4). It only matters below the bar, where the readings
+# of candidates that went on to make the floor already say "hopeless".
 DEFAULT_KEEP_FRACTION = 1 / 3
 
 
